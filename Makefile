@@ -1,0 +1,33 @@
+# Everything starts from a fresh clone with only Python and pip: the venv target installs itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: venv test demo lint bench clean
+
+venv: $(STAMP)
+
+# Re-install only when requirements.txt changes. --no-cache-dir: a cached deepspeed wheel built
+# against another torch fails at run time with a version mismatch.
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir -r requirements.txt
+	cp requirements.txt $(STAMP)
+
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q tests
+
+demo: venv
+	bash scripts/demo.sh
+
+lint: venv
+	$(PY) -m ruff check .
+
+bench: venv
+	$(PY) benchmarks/bench_data.py
+
+clean:
+	rm -rf artifacts outputs .pytest_cache

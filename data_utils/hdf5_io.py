@@ -1,0 +1,114 @@
+"""Reading ACT-layout HDF5 episodes.
+
+Layout (one file per episode)::
+
+    /action                        (T, action_dim)  float
+    /observations/qpos             (T, state_dim)   float
+    /observations/qvel             (T, state_dim)   float
+    /observations/images/<camera>  (T, H, W, 3)     uint8    (or (T, L) JPEG bytes when compressed)
+    /compress_len                  (num_cams, T)            (compressed episodes only)
+    /language_raw                  (1,)             bytes
+    /substep_reasonings            (T,)             bytes    (optional)
+    attrs: sim (bool), compress (bool)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+
+ACTION_KEY = "/action"
+QPOS_KEY = "/observations/qpos"
+QVEL_KEY = "/observations/qvel"
+IMAGES_GROUP = "/observations/images"
+LANGUAGE_KEY = "/language_raw"
+REASONING_KEY = "/substep_reasonings"
+COMPRESS_LEN_KEY = "/compress_len"
+
+
+def find_all_hdf5(
+    dataset_dir: str | os.PathLike,
+    skip_mirrored_data: bool = False,
+    name_filter: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """All ``*.hdf5`` files below ``dataset_dir``, sorted, with ``name_filter`` already applied.
+
+    Filtering here (not after counting, as the reference did) keeps episode ids aligned with files.
+    """
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise FileNotFoundError(f"dataset_dir {dataset_dir} does not exist or is not a directory")
+    files: list[str] = []
+    for root, _dirs, names in os.walk(dataset_dir):
+        for name in fnmatch.filter(names, "*.hdf5"):
+            if "features" in name:
+                continue
+            if skip_mirrored_data and "mirror" in name:
+                continue
+            path = os.path.join(root, name)
+            if name_filter is not None and not name_filter(path):
+                continue
+            files.append(path)
+    files.sort()
+    if not files:
+        raise FileNotFoundError(f"no .hdf5 episodes found under {dataset_dir} (after name_filter)")
+    return files
+
+
+def decode_text(value: bytes | str | np.ndarray) -> str:
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.shape == () else value.reshape(-1)[0]
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def is_compressed(root: h5py.File) -> bool:
+    return bool(root.attrs.get("compress", False))
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG-encode an ``(H, W, 3)`` uint8 frame the way ACT's recorder does (cv2 convention).
+
+    ACT calls ``cv2.imencode`` on RGB arrays, so the JPEG holds the channels reversed; writing
+    the same here means ACT's files and ours decode alike.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image[..., ::-1])).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def decode_jpeg(data: np.ndarray | bytes) -> np.ndarray:
+    """Inverse of :func:`encode_jpeg`: ``(H, W, 3)`` uint8 in the channel order that was recorded."""
+    with Image.open(io.BytesIO(bytes(data))) as img:
+        return np.asarray(img.convert("RGB"))[..., ::-1].copy()
+
+
+def read_frame(root: h5py.File, camera: str, t: int) -> np.ndarray:
+    """The ``(H, W, 3)`` uint8 image of ``camera`` at step ``t`` (decoding compressed episodes).
+
+    Compressed frames are zero-padded JPEG buffers; like ACT's loader we decode the padded buffer
+    (the decoder stops at the end-of-image marker), so ``compress_len`` is not needed.
+    """
+    raw = root[f"{IMAGES_GROUP}/{camera}"][t]
+    return decode_jpeg(raw) if is_compressed(root) else raw
+
+
+def read_language(root: h5py.File) -> str:
+    return decode_text(root[LANGUAGE_KEY][0]) if LANGUAGE_KEY in root else ""
+
+
+def read_reasoning(root: h5py.File, t: int) -> str:
+    return decode_text(root[REASONING_KEY][t]) if REASONING_KEY in root else ""
+
+
+def episode_length(path: str | os.PathLike) -> int:
+    with h5py.File(path, "r") as root:
+        return int(root[ACTION_KEY].shape[0])

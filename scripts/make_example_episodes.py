@@ -1,0 +1,153 @@
+"""Write ACT-layout HDF5 example episodes with a learnable signal.
+
+    python scripts/make_example_episodes.py OUT_DIR [--num_episodes 6 --episode_len 50 --compress]
+
+Each episode shows a red square at a random place in ``cam_high``. The square's position fixes a
+goal joint configuration ``g`` (a fixed smooth function shared by all episodes); the arms move
+towards it: ``qpos[t+1] = qpos[t] + rate * (g - qpos[t])`` and ``action[t] = qpos[t+1]``. So the
+action chunk at ``t`` is a function of what the image shows and of ``qpos[t]``: a model that reads
+its inputs can fit it, one that ignores them cannot. The wrist cameras show the grippers' opening
+as a bar, so they change over time too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aloha_scripts.constants import ALOHA_CAMERAS  # noqa: E402
+from data_utils.hdf5_io import encode_jpeg  # noqa: E402
+
+STATE_DIM = 14
+LANGUAGE = "move both arms to the red square"
+GOAL_SEED = 1234  # the image->goal map is the same for every episode and every call
+APPROACH_RATE = 0.15
+
+
+def goal_from_position(position: np.ndarray, state_dim: int = STATE_DIM) -> np.ndarray:
+    """The joint goal ``(state_dim,)`` that a square at ``position`` (x, y in [0, 1]) asks for."""
+    weights = np.random.default_rng(GOAL_SEED).normal(size=(state_dim, 4))
+    features = np.array([position[0] - 0.5, position[1] - 0.5, (position[0] - 0.5) * (position[1] - 0.5), 0.2])
+    return 0.8 * np.tanh(weights @ features * 2.0)
+
+
+def reasoning_for_step(t: int, episode_len: int) -> str:
+    if t < episode_len // 3:
+        return "reach toward the red square"
+    if t < 2 * episode_len // 3:
+        return "approach the red square"
+    return "hold both arms at the square"
+
+
+def render_frames(position: np.ndarray, qpos: np.ndarray, height: int, width: int) -> dict[str, np.ndarray]:
+    """One frame per camera ``(H, W, 3)`` uint8."""
+    high = np.full((height, width, 3), 30, dtype=np.uint8)
+    size = max(2, min(height, width) // 6)
+    cy, cx = int(position[1] * (height - size)), int(position[0] * (width - size))
+    high[cy : cy + size, cx : cx + size] = (230, 40, 40)
+    frames = {"cam_high": high}
+    for camera, gripper in (("cam_left_wrist", qpos[6]), ("cam_right_wrist", qpos[-1])):
+        wrist = np.full((height, width, 3), 60, dtype=np.uint8)
+        bar = int(np.clip((gripper + 1.0) / 2.0, 0.0, 1.0) * (height - 1)) + 1
+        wrist[height - bar :, :, 1] = 200
+        frames[camera] = wrist
+    return frames
+
+
+def make_episode(
+    path: Path,
+    rng: np.random.Generator,
+    episode_len: int,
+    height: int,
+    width: int,
+    camera_names: Sequence[str],
+    compress: bool,
+) -> None:
+    position = rng.uniform(0.15, 0.85, size=2)
+    goal = goal_from_position(position)
+    qpos = np.zeros((episode_len + 1, STATE_DIM))
+    qpos[0] = rng.normal(scale=0.1, size=STATE_DIM)
+    for t in range(episode_len):
+        qpos[t + 1] = qpos[t] + APPROACH_RATE * (goal - qpos[t])
+    action = qpos[1:].copy()
+    qpos = qpos[:-1]
+    qvel = np.diff(qpos, axis=0, prepend=qpos[:1])
+    frames = [render_frames(position, qpos[t], height, width) for t in range(episode_len)]
+
+    with h5py.File(path, "w") as root:
+        root.attrs["sim"] = True
+        root.attrs["compress"] = compress
+        root.create_dataset("action", data=action)
+        obs = root.create_group("observations")
+        obs.create_dataset("qpos", data=qpos)
+        obs.create_dataset("qvel", data=qvel)
+        images = obs.create_group("images")
+        if compress:
+            encoded = {cam: [encode_jpeg(f[cam]) for f in frames] for cam in camera_names}
+            max_len = max(len(b) for bufs in encoded.values() for b in bufs)
+            compress_len = np.zeros((len(camera_names), episode_len), dtype=np.int64)
+            for c, cam in enumerate(camera_names):
+                padded = np.zeros((episode_len, max_len), dtype=np.uint8)
+                for t, buf in enumerate(encoded[cam]):
+                    padded[t, : len(buf)] = np.frombuffer(buf, dtype=np.uint8)
+                    compress_len[c, t] = len(buf)
+                images.create_dataset(cam, data=padded)
+            root.create_dataset("compress_len", data=compress_len)
+        else:
+            for cam in camera_names:
+                images.create_dataset(cam, data=np.stack([f[cam] for f in frames]), chunks=(1, height, width, 3))
+        root.create_dataset("language_raw", data=np.array([LANGUAGE.encode()]))
+        reasonings = [reasoning_for_step(t, episode_len).encode() for t in range(episode_len)]
+        root.create_dataset("substep_reasonings", data=np.array(reasonings))
+
+
+def make_example_episodes(
+    out_dir: str | Path,
+    num_episodes: int = 6,
+    episode_len: int = 50,
+    height: int = 64,
+    width: int = 64,
+    seed: int = 0,
+    compress: bool = False,
+    camera_names: Sequence[str] = tuple(ALOHA_CAMERAS),
+) -> list[Path]:
+    """Write ``episode_{i}.hdf5`` files into ``out_dir`` and return their paths (deterministic in ``seed``)."""
+    unknown = set(camera_names) - {"cam_high", "cam_left_wrist", "cam_right_wrist"}
+    if unknown:
+        raise ValueError(f"make_example_episodes renders only the ALOHA cameras; unknown: {sorted(unknown)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(num_episodes):
+        path = out_dir / f"episode_{i}.hdf5"
+        make_episode(path, rng, episode_len, height, width, camera_names, compress)
+        paths.append(path)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write example ACT-layout HDF5 episodes.")
+    parser.add_argument("out_dir")
+    parser.add_argument("--num_episodes", type=int, default=6)
+    parser.add_argument("--episode_len", type=int, default=50)
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compress", action="store_true", help="store frames as JPEG bytes (ACT's compress)")
+    args = parser.parse_args(argv)
+    paths = make_example_episodes(
+        args.out_dir, args.num_episodes, args.episode_len, args.height, args.width, args.seed, args.compress
+    )
+    print(f"wrote {len(paths)} episodes to {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()
