@@ -44,6 +44,8 @@ class EpisodicDataset(torch.utils.data.Dataset):
         augment_images: force augmentation on/off (default: on for diffusion heads).
         delta_control: train on action deltas instead of absolute actions.
         use_reasoning: passed to the processor (answer with the sub-step reasoning or not).
+        seed: base seed of the augmentation; each item's draw depends only on (seed, epoch, index),
+            so a resumed run augments exactly as the uninterrupted one.
 
     Without a processor an item is the ``sample`` dict: ``image (num_cams, 3, H, W) uint8``,
     ``state (state_dim,)`` z-scored, ``action (chunk_size, action_dim)`` in [-1, 1],
@@ -64,6 +66,7 @@ class EpisodicDataset(torch.utils.data.Dataset):
         delta_control: bool = False,
         use_reasoning: bool = True,
         rank0_print: Callable[..., None] = print,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if len(episode_ids) != len(episode_len):
@@ -83,6 +86,8 @@ class EpisodicDataset(torch.utils.data.Dataset):
         self.delta_control = delta_control
         self.use_reasoning = use_reasoning
         self._augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.seed = seed
+        self.epoch = 0
         if delta_control != norm_stats.delta_control:
             raise ValueError(
                 f"delta_control={delta_control} but the statistics were computed with "
@@ -92,6 +97,10 @@ class EpisodicDataset(torch.utils.data.Dataset):
             f"EpisodicDataset: {len(self.episode_ids)} episodes, {len(self)} steps, "
             f"augment_images={self.augment_images}, delta_control={delta_control}"
         )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by accelerate's data loader each epoch; changes the augmentation draws."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return int(self.cumulative_len[-1]) if self.cumulative_len else 0
@@ -150,7 +159,10 @@ class EpisodicDataset(torch.utils.data.Dataset):
         if self.augment_images:
             if self._augment is None:
                 self._augment = build_train_augmentation(image.shape[-2], image.shape[-1])
-            image = self._augment(image)
+            item_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(item_seed)
+                image = self._augment(image)
         is_pad = torch.from_numpy(raw["is_pad"])
         action = torch.as_tensor(self.norm_stats.normalize_action(raw["action"]), dtype=torch.float32)
         action[is_pad] = 0.0  # padded steps carry no target; keep them neutral

@@ -161,6 +161,7 @@ def load_data(
         delta_control=delta_control,
         use_reasoning=use_reasoning,
         rank0_print=rank0_print,
+        seed=seed,
     )
     train_dataset = EpisodicDataset(
         episode_ids=train_ids,

@@ -15,3 +15,5 @@ $PY -m data_utils.check_data_integrity "$ART/example_episodes" \
     --camera_names cam_high cam_left_wrist cam_right_wrist --state_dim 14 --action_dim 14
 echo "== 4. dataset statistics (task example_tasks)"
 $PY scripts/show_dataset_stats.py --task_name example_tasks --out "$ART"
+echo "== 5. train stage 2 then stage 3 (train_vla.py on CPU) -> outputs/tiny_cpu"
+bash scripts/train_tiny_cpu.sh

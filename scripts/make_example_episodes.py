@@ -2,12 +2,12 @@
 
     python scripts/make_example_episodes.py OUT_DIR [--num_episodes 6 --episode_len 50 --compress]
 
-Each episode shows a red square at a random place in ``cam_high``. The square's position fixes a
-goal joint configuration ``g`` (a fixed smooth function shared by all episodes); the arms move
-towards it: ``qpos[t+1] = qpos[t] + rate * (g - qpos[t])`` and ``action[t] = qpos[t+1]``. So the
-action chunk at ``t`` is a function of what the image shows and of ``qpos[t]``: a model that reads
-its inputs can fit it, one that ignores them cannot. The wrist cameras show the grippers' opening
-as a bar, so they change over time too.
+The 14 joints move in 7 pairs, each pair turning on a circle: ``action[t] = R(omega) qpos[t]`` and
+``qpos[t+1] = action[t]``, where the angular speed ``omega`` is set by where a red square sits in
+``cam_high`` (different in every episode). So the action chunk at ``t`` is a function of what the
+image shows and of ``qpos[t]``: a model that reads its inputs can fit it, one that ignores them
+cannot; and as each pair sweeps most of its circle, no single chunk fits all steps of an episode.
+The wrist cameras show their arm's gripper joint as a bar, so they change over time too.
 """
 
 from __future__ import annotations
@@ -27,15 +27,25 @@ from data_utils.hdf5_io import encode_jpeg  # noqa: E402
 
 STATE_DIM = 14
 LANGUAGE = "move both arms to the red square"
-GOAL_SEED = 1234  # the image->goal map is the same for every episode and every call
-APPROACH_RATE = 0.15
+# Angular speed (rad/step) for a square at x=0 and x=1; each joint pair turns a little faster than the last.
+OMEGA_RANGE = (0.05, 0.13)
+PAIR_SPEEDUP = 0.05
 
 
-def goal_from_position(position: np.ndarray, state_dim: int = STATE_DIM) -> np.ndarray:
-    """The joint goal ``(state_dim,)`` that a square at ``position`` (x, y in [0, 1]) asks for."""
-    weights = np.random.default_rng(GOAL_SEED).normal(size=(state_dim, 4))
-    features = np.array([position[0] - 0.5, position[1] - 0.5, (position[0] - 0.5) * (position[1] - 0.5), 0.2])
-    return 0.8 * np.tanh(weights @ features * 2.0)
+def angular_speeds(position: np.ndarray, state_dim: int = STATE_DIM) -> np.ndarray:
+    """Angular speed ``(state_dim // 2,)`` of each joint pair for a square at ``position`` (x, y in [0, 1])."""
+    base = OMEGA_RANGE[0] + (OMEGA_RANGE[1] - OMEGA_RANGE[0]) * position[0]
+    direction = 1.0 if position[1] < 0.5 else -1.0
+    return direction * base * (1.0 + PAIR_SPEEDUP * np.arange(state_dim // 2))
+
+
+def rotate_pairs(qpos: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    """Turn each joint pair ``(2i, 2i+1)`` of ``qpos (state_dim,)`` by ``omega[i]``."""
+    x, y = qpos[0::2], qpos[1::2]
+    out = np.empty_like(qpos)
+    out[0::2] = np.cos(omega) * x - np.sin(omega) * y
+    out[1::2] = np.sin(omega) * x + np.cos(omega) * y
+    return out
 
 
 def reasoning_for_step(t: int, episode_len: int) -> str:
@@ -71,11 +81,13 @@ def make_episode(
     compress: bool,
 ) -> None:
     position = rng.uniform(0.15, 0.85, size=2)
-    goal = goal_from_position(position)
+    omega = angular_speeds(position)
+    radius = rng.uniform(0.5, 0.9, size=STATE_DIM // 2)
+    phase = rng.uniform(0.0, 2 * np.pi, size=STATE_DIM // 2)
     qpos = np.zeros((episode_len + 1, STATE_DIM))
-    qpos[0] = rng.normal(scale=0.1, size=STATE_DIM)
+    qpos[0, 0::2], qpos[0, 1::2] = radius * np.cos(phase), radius * np.sin(phase)
     for t in range(episode_len):
-        qpos[t + 1] = qpos[t] + APPROACH_RATE * (goal - qpos[t])
+        qpos[t + 1] = rotate_pairs(qpos[t], omega)
     action = qpos[1:].copy()
     qpos = qpos[:-1]
     qvel = np.diff(qpos, axis=0, prepend=qpos[:1])

@@ -14,6 +14,11 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import torch  # noqa: E402
+
+# Tiny models on 2 cores: a second intra-op thread only contends (it made steps ~100x slower).
+torch.set_num_threads(1)
+
 from scripts.make_example_episodes import make_example_episodes  # noqa: E402
 
 CAMERAS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
@@ -31,3 +36,11 @@ def compressed_episodes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("compressed_episodes")
     make_example_episodes(out, num_episodes=2, episode_len=30, height=56, width=56, seed=0, compress=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stock (model_type qwen2_vl) tiny Qwen2-VL directory, built offline."""
+    from scripts.make_tiny_qwen2_vl import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"))

@@ -209,6 +209,17 @@ def test_augmentation_switch_and_shared_draw(episodes_dir):
     assert torch.equal(augmented[0], augmented[1]) and torch.equal(augmented[1], augmented[2])
 
 
+def test_augmentation_depends_only_on_seed_epoch_and_index(episodes_dir):
+    train, *_ = _load(episodes_dir, policy_class="scale_dp_policy", seed=7)
+    first = train[5]["image"]
+    torch.manual_seed(123)  # the global RNG must not matter (a resumed run restores it late)
+    assert torch.equal(train[5]["image"], first)
+    train.set_epoch(1)
+    assert not torch.equal(train[5]["image"], first)
+    other, *_ = _load(episodes_dir, policy_class="scale_dp_policy", seed=8)
+    assert not torch.equal(other[5]["image"], first)
+
+
 def test_processor_output_is_returned(episodes_dir):
     class Recorder:
         def forward_process(self, sample, use_reasoning=True):
@@ -238,9 +249,13 @@ def test_train_ratio_stats_dir_and_split(episodes_dir, tmp_path):
 def test_compressed_episodes_decode(episodes_dir, compressed_episodes_dir):
     plain, *_ = _load(episodes_dir)
     compressed, *_ = _load(compressed_episodes_dir)
-    # Same seed -> the same first episode, stored raw vs JPEG.
-    difference = (plain[0]["image"].float() - compressed[0]["image"].float()).abs().mean()
-    assert difference < 6.0
+    # Same seed -> the same episode_0, stored raw vs JPEG.
+    raw_frames = plain.load_raw_step(plain.dataset_path_list.index(str(episodes_dir / "episode_0.hdf5")), 3)
+    jpeg_frames = compressed.load_raw_step(
+        compressed.dataset_path_list.index(str(compressed_episodes_dir / "episode_0.hdf5")), 3
+    )
+    difference = np.abs(raw_frames["images"].astype(float) - jpeg_frames["images"].astype(float)).mean()
+    assert difference < 4.0
     frame = np.zeros((16, 16, 3), dtype=np.uint8)
     frame[:, :, 0] = 250  # channel order must survive the ACT (cv2) convention
     decoded = decode_jpeg(np.frombuffer(encode_jpeg(frame, quality=100) + b"\0" * 10, dtype=np.uint8))

@@ -1,0 +1,52 @@
+"""Global condition of the diffusion experts: the VLM's (fused) hidden states mixed with the robot state."""
+
+import torch
+from torch import nn
+
+
+def pool_condition(hidden_states: torch.Tensor) -> torch.Tensor:
+    """Reduce the condition to one vector per sample.
+
+    Args:
+        hidden_states: `(B, N, C)` tokens (mean-pooled over N; with FiLM fusion N is 1) or `(B, C)`.
+
+    Returns:
+        `(B, C)`.
+    """
+    if hidden_states.ndim == 2:
+        return hidden_states
+    if hidden_states.ndim != 3:
+        raise ValueError(f"hidden_states must be (B, N, C) or (B, C), got shape {tuple(hidden_states.shape)}")
+    return hidden_states.mean(dim=1)
+
+
+class StateConditionMixer(nn.Sequential):
+    """The reference's `combine` MLP: `[condition, state] -> condition`, three linear layers with ReLU.
+
+    A `Sequential` so that parameter names (`combine.0`, `combine.2`, `combine.4`) match the reference checkpoints.
+    """
+
+    def __init__(self, cond_dim: int, state_dim: int, hidden_dim: int) -> None:
+        super().__init__(
+            nn.Linear(cond_dim + state_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, cond_dim),
+        )
+        self.state_dim = state_dim
+
+    def forward(self, cond: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        """`cond` `(B, C)`, `states` `(B, state_dim)` (None only when `state_dim == 0`) -> `(B, C)`."""
+        if self.state_dim > 0:
+            if states is None:
+                raise ValueError(f"states of width state_dim={self.state_dim} are required, got None")
+            if states.shape[-1] != self.state_dim:
+                raise ValueError(f"states have width {states.shape[-1]}, expected state_dim={self.state_dim}")
+            cond = torch.cat([cond, states.to(cond.dtype)], dim=-1)
+        elif states is not None and states.numel() > 0:
+            raise ValueError("states were given but the head was configured with state_dim=0")
+        return super().forward(cond)
+
+
+__all__ = ["StateConditionMixer", "pool_condition"]

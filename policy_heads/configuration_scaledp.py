@@ -1,0 +1,128 @@
+"""Configuration of the ScaleDP diffusion expert (a DiT-style transformer with adaLN-Zero conditioning)."""
+
+# No `from __future__ import annotations`: `@strict` validates field types from the live annotations.
+from typing import ClassVar
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+# name -> (depth, n_emb, num_heads). The sizes of the ScaleDP paper; "ScaleDP_tiny" is for tests and demos.
+SCALEDP_PRESETS: dict[str, tuple[int, int, int]] = {
+    "ScaleDP_tiny": (2, 64, 4),
+    "ScaleDP_Ti": (8, 256, 4),
+    "ScaleDP_S": (12, 384, 6),
+    "ScaleDP_B": (12, 768, 12),
+    "ScaleDP_L": (24, 1024, 16),
+    "ScaleDP_H": (32, 1280, 16),
+}
+# Used when neither `model_size` nor the explicit sizes are given.
+_DEFAULT_PRESET = "ScaleDP_S"
+
+
+@strict
+class ScaleDPPolicyConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`ScaleDP`].
+
+    Args:
+        action_dim (`int`, defaults to 14): width of one action step (`A` in `(B, T, A)`).
+        state_dim (`int`, defaults to 14): width of the robot state mixed into the condition; 0 for none.
+        cond_dim (`int`, defaults to 1536): width of the condition `hidden_states` (the VLM hidden size).
+        prediction_horizon (`int`, defaults to 16): number of action steps predicted (the chunk size).
+        n_obs_steps (`int`, defaults to 2): kept for compatibility with the reference config; the condition is
+            pooled to one token, so it does not change the network.
+        model_size (`str`, *optional*): one of `SCALEDP_PRESETS`; fills `depth`, `n_emb`, `num_heads`.
+        depth (`int`, *optional*): number of ScaleDP blocks.
+        n_emb (`int`, *optional*): transformer width.
+        num_heads (`int`, *optional*): attention heads; must divide `n_emb`.
+        mlp_ratio (`float`, defaults to 4.0): MLP hidden width as a multiple of `n_emb`.
+        time_as_cond (`bool`, defaults to True): the timestep conditions the blocks through adaLN (required).
+        obs_as_cond (`bool`, defaults to True): the observation conditions the blocks through adaLN (required).
+        combine_hidden_dim (`int`, defaults to 1024): hidden width of the MLP mixing condition and state.
+        num_train_timesteps (`int`, defaults to 100): diffusion steps of the DDIM training schedule.
+        num_inference_timesteps (`int`, defaults to 10): DDIM steps when sampling.
+        noise_samples (`int`, defaults to 1): noise draws per training sample (each sample is repeated).
+    """
+
+    model_type: ClassVar[str] = "scale_dp_policy"
+    # Names used by the reference code base, kept readable/writable as aliases.
+    attribute_map: ClassVar[dict[str, str]] = {
+        "num_queries": "prediction_horizon",
+        "input_dim": "action_dim",
+        "output_dim": "action_dim",
+        "chunk_size": "prediction_horizon",
+    }
+
+    action_dim: int = 14
+    state_dim: int = 14
+    cond_dim: int = 1536
+    prediction_horizon: int = 16
+    n_obs_steps: int = 2
+    model_size: str | None = None
+    depth: int | None = None
+    n_emb: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: int | float = 4.0
+    time_as_cond: bool = True
+    obs_as_cond: bool = True
+    combine_hidden_dim: int = 1024
+    num_train_timesteps: int = 100
+    num_inference_timesteps: int = 10
+    noise_samples: int = 1
+
+    def __post_init__(self, **kwargs) -> None:
+        super().__post_init__(**kwargs)  # applies the aliases in `attribute_map` first
+        self._resolve_model_size()
+        self._check_combinations()
+
+    def _resolve_model_size(self) -> None:
+        preset_name = self.model_size if self.model_size is not None else _DEFAULT_PRESET
+        if preset_name not in SCALEDP_PRESETS:
+            raise ValueError(f"model_size={self.model_size!r} is not one of {sorted(SCALEDP_PRESETS)}")
+        preset = dict(zip(("depth", "n_emb", "num_heads"), SCALEDP_PRESETS[preset_name], strict=True))
+        for name, preset_value in preset.items():
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, preset_value)
+            elif self.model_size is not None and value != preset_value:
+                raise ValueError(
+                    f"model_size={self.model_size!r} sets {name}={preset_value}, but {name}={value} was given; "
+                    "pass either the preset or explicit sizes (with model_size=None)"
+                )
+
+    def _check_combinations(self) -> None:
+        positive = ("action_dim", "prediction_horizon", "n_obs_steps", "depth", "n_emb", "num_heads")
+        positive += ("combine_hidden_dim", "num_train_timesteps", "num_inference_timesteps", "noise_samples")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.state_dim < 0:
+            raise ValueError(f"state_dim must be >= 0, got {self.state_dim}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.n_emb % self.num_heads != 0:
+            raise ValueError(f"n_emb={self.n_emb} is not divisible by num_heads={self.num_heads}")
+        if (self.n_emb // self.num_heads) % 2 != 0:
+            raise ValueError(f"n_emb={self.n_emb} / num_heads={self.num_heads} gives an odd head width")
+        if not self.obs_as_cond or self.cond_dim < 1:
+            raise ValueError(
+                f"obs_as_cond={self.obs_as_cond} with cond_dim={self.cond_dim}: ScaleDP conditions every block on "
+                "the observation, so obs_as_cond must be True and cond_dim >= 1"
+            )
+        if self.obs_as_cond and not self.time_as_cond:
+            raise ValueError(
+                f"obs_as_cond={self.obs_as_cond} requires time_as_cond=True (got time_as_cond={self.time_as_cond}): "
+                "the timestep and observation share the adaLN condition"
+            )
+        if self.num_inference_timesteps > self.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_timesteps={self.num_inference_timesteps} exceeds "
+                f"num_train_timesteps={self.num_train_timesteps}"
+            )
+
+    def validate_architecture(self) -> None:
+        """Part of `@strict` validation (also run by `save_pretrained`): re-checks edits made after construction."""
+        self._check_combinations()
+
+
+__all__ = ["SCALEDP_PRESETS", "ScaleDPPolicyConfig"]

@@ -1,0 +1,146 @@
+"""Training and sampling logic shared by the diffusion experts; each head only supplies `model_forward`."""
+
+import torch
+
+from .conditioning import pool_condition
+from .losses import masked_noise_mse
+from .modeling_outputs import DiffusionPolicyOutput
+from .scheduling import add_noise_fp32, ddim_step_fp32
+
+
+def fit_to_horizon(
+    actions: torch.Tensor, is_pad: torch.Tensor | None, horizon: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncate or zero-pad a chunk to `horizon` steps, as the reference does.
+
+    Args:
+        actions: `(B, T, A)`.
+        is_pad: `(B, T)` bool/int or None (no padding).
+        horizon: target length.
+
+    Returns:
+        `(B, horizon, A)` actions and `(B, horizon)` bool padding mask (added steps are marked padded).
+    """
+    batch, steps, _ = actions.shape
+    if is_pad is None:
+        is_pad = torch.zeros(batch, steps, dtype=torch.bool, device=actions.device)
+    elif tuple(is_pad.shape) != (batch, steps):
+        raise ValueError(f"is_pad has shape {tuple(is_pad.shape)}, expected {(batch, steps)} to match actions")
+    is_pad = is_pad.to(device=actions.device, dtype=torch.bool)
+    if steps >= horizon:
+        return actions[:, :horizon], is_pad[:, :horizon]
+    extra = horizon - steps
+    actions = torch.cat([actions, actions.new_zeros(batch, extra, actions.shape[-1])], dim=1)
+    is_pad = torch.cat([is_pad, is_pad.new_ones(batch, extra)], dim=1)
+    return actions, is_pad
+
+
+def _tile(x: torch.Tensor | None, times: int) -> torch.Tensor | None:
+    """Repeat along the batch dim, sample-major (`[x; x; ...]`), matching the layout of the stacked noise draws."""
+    if x is None or times == 1:
+        return x
+    return x.repeat(times, *([1] * (x.ndim - 1)))
+
+
+class DiffusionPolicyMixin:
+    """Adds the diffusion-policy `forward` to a `PreTrainedModel` that defines
+
+    - `model_forward(x, t, global_cond, states) -> (B, T, A)` predicting the noise,
+    - `self.noise_scheduler` (a DDIM scheduler) and a config with `prediction_horizon`, `action_dim`,
+      `num_inference_timesteps` and `noise_samples`.
+    """
+
+    def forward(
+        self,
+        actions: torch.Tensor | None = None,
+        hidden_states: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        is_pad: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        num_inference_timesteps: int | None = None,
+    ) -> DiffusionPolicyOutput:
+        """Training loss when `actions` are given, otherwise sampled action chunks.
+
+        Args:
+            actions: `(B, T, action_dim)` normalised target chunk (any T: truncated or padded to the horizon).
+            hidden_states: `(B, N, cond_dim)` condition (mean-pooled over N) or `(B, cond_dim)`.
+            states: `(B, state_dim)` robot state.
+            is_pad: `(B, T)` True for padded steps of `actions`.
+            generator: random source for noise and timesteps (determinism in tests and evaluation).
+            num_inference_timesteps: overrides `config.num_inference_timesteps` when sampling.
+
+        Returns:
+            `DiffusionPolicyOutput` with `loss` (training) or `actions` `(B, prediction_horizon, action_dim)`
+            on the device and dtype of `hidden_states` (inference).
+        """
+        if hidden_states is None:
+            raise ValueError("hidden_states (the condition) is required")
+        if actions is not None:
+            loss = self.compute_loss(actions, hidden_states, states, is_pad, generator=generator)
+            return DiffusionPolicyOutput(loss=loss)
+        sampled = self.sample(
+            hidden_states, states, generator=generator, num_inference_timesteps=num_inference_timesteps
+        )
+        return DiffusionPolicyOutput(actions=sampled)
+
+    def compute_loss(
+        self,
+        actions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        states: torch.Tensor | None = None,
+        is_pad: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Masked noise-prediction MSE (scalar, float32); shapes as in `forward`."""
+        cfg = self.config
+        if actions.ndim != 3 or actions.shape[-1] != cfg.action_dim:
+            raise ValueError(f"actions must be (B, T, {cfg.action_dim}), got shape {tuple(actions.shape)}")
+        actions, is_pad = fit_to_horizon(actions, is_pad, cfg.prediction_horizon)
+        # Padded steps carry no target. Neutralise them (as the data pipeline does) so whatever they hold cannot
+        # reach the real steps through attention/convolution: the loss depends on real steps only.
+        actions = actions.masked_fill(is_pad.unsqueeze(-1), 0.0)
+        batch, device, draws = actions.shape[0], actions.device, cfg.noise_samples
+
+        # `noise_samples` draws per sample share the sample's timestep, as in the reference.
+        noise = torch.randn(
+            (draws * batch, *actions.shape[1:]), generator=generator, device=device, dtype=torch.float32
+        )
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device
+        ).repeat(draws)
+        noisy = add_noise_fp32(self.noise_scheduler, _tile(actions, draws), noise, timesteps)
+        noise_pred = self.model_forward(noisy, timesteps, _tile(hidden_states, draws), _tile(states, draws))
+        return masked_noise_mse(noise_pred, noise, _tile(is_pad, draws))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        hidden_states: torch.Tensor,
+        states: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        num_inference_timesteps: int | None = None,
+    ) -> torch.Tensor:
+        """DDIM sampling from Gaussian noise: `(B, prediction_horizon, action_dim)` in `hidden_states.dtype`."""
+        cfg = self.config
+        batch = pool_condition(hidden_states).shape[0]
+        shape = (batch, cfg.prediction_horizon, cfg.action_dim)
+        # The running sample stays float32; the network sees it in its own dtype inside `model_forward`.
+        sample = torch.randn(shape, generator=generator, device=hidden_states.device, dtype=torch.float32)
+        self.noise_scheduler.set_timesteps(num_inference_timesteps or cfg.num_inference_timesteps)
+        for t in self.noise_scheduler.timesteps:
+            noise_pred = self.model_forward(sample, t, hidden_states, states)
+            sample = ddim_step_fp32(self.noise_scheduler, noise_pred, t, sample)
+        return sample.to(hidden_states.dtype)
+
+
+def expand_timesteps(t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
+    """`t` as a scalar, `()` or `(B,)` tensor -> `(B,)` tensor on `device`."""
+    t = torch.as_tensor(t, device=device)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.shape[0] != batch:
+        raise ValueError(f"got {t.shape[0]} timesteps for a batch of {batch}")
+    return t
+
+
+__all__ = ["DiffusionPolicyMixin", "expand_timesteps", "fit_to_horizon"]

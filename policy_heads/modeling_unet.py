@@ -1,0 +1,181 @@
+"""1-D conditional UNet diffusion expert (the DiVLA variant): Chi-style residual conv blocks with FiLM conditioning.
+
+Unlike the reference, `prediction_horizon` and `action_dim` come from the config: the sequence is zero-padded to a
+multiple of the total down-sampling factor and cropped back, so any horizon (e.g. 50) works.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+
+from .conditioning import StateConditionMixer, pool_condition
+from .configuration_unet import UnetDiffusionPolicyConfig
+from .diffusion_policy import DiffusionPolicyMixin, expand_timesteps
+from .scheduling import build_ddim_scheduler
+from .timestep_embedding import sinusoidal_timestep_embedding
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d -> GroupNorm -> Mish, length preserving: `(B, C_in, T) -> (B, C_out, T)`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            nn.GroupNorm(n_groups, out_channels),
+            nn.Mish(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class ConditionalResidualBlock1D(nn.Module):
+    """Two conv blocks; the condition scales and shifts the features between them (FiLM); residual 1x1 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, kernel_size: int, n_groups: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [
+                Conv1dBlock(in_channels, out_channels, kernel_size, n_groups),
+                Conv1dBlock(out_channels, out_channels, kernel_size, n_groups),
+            ]
+        )
+        self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
+        self.residual_conv = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """`x` `(B, C_in, T)`, `cond` `(B, cond_dim)` -> `(B, C_out, T)`."""
+        out = self.blocks[0](x)
+        scale, shift = self.cond_encoder(cond).unsqueeze(-1).chunk(2, dim=1)
+        out = self.blocks[1](out * (1 + scale) + shift)
+        return out + self.residual_conv(x)
+
+
+class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
+    """UNet diffusion expert over the time axis of the action chunk.
+
+    `forward(actions=None, hidden_states, states=None, is_pad=None)` returns the masked noise-prediction loss when
+    `actions` `(B, T, action_dim)` are given and DDIM-sampled chunks `(B, prediction_horizon, action_dim)`
+    otherwise (see `DiffusionPolicyMixin.forward`).
+    """
+
+    config_class = UnetDiffusionPolicyConfig
+    config: UnetDiffusionPolicyConfig
+    base_model_prefix = "unet"
+    main_input_name = "hidden_states"
+
+    def __init__(self, config: UnetDiffusionPolicyConfig) -> None:
+        super().__init__(config)
+        dsed, kernel, groups = config.diffusion_step_embed_dim, config.kernel_size, config.n_groups
+        self.combine = StateConditionMixer(config.global_cond_dim, config.state_dim, config.combine_hidden_dim)
+        self.diffusion_step_encoder = nn.Sequential(
+            nn.Linear(dsed, dsed * 4),
+            nn.Mish(),
+            nn.Linear(dsed * 4, dsed),
+        )
+        cond_dim = dsed + config.global_cond_dim
+        dims = [config.action_dim, *config.down_dims]
+        levels = list(zip(dims[:-1], dims[1:], strict=True))
+
+        self.down_modules = nn.ModuleList()
+        for i, (dim_in, dim_out) in enumerate(levels):
+            is_last = i == len(levels) - 1
+            self.down_modules.append(
+                nn.ModuleList(
+                    [
+                        ConditionalResidualBlock1D(dim_in, dim_out, cond_dim, kernel, groups),
+                        ConditionalResidualBlock1D(dim_out, dim_out, cond_dim, kernel, groups),
+                        nn.Conv1d(dim_out, dim_out, 3, stride=2, padding=1) if not is_last else nn.Identity(),
+                    ]
+                )
+            )
+        mid = config.down_dims[-1]
+        self.mid_modules = nn.ModuleList(
+            [ConditionalResidualBlock1D(mid, mid, cond_dim, kernel, groups) for _ in range(2)]
+        )
+        self.up_modules = nn.ModuleList()
+        for dim_in, dim_out in reversed(levels[1:]):
+            # Input: the upsampled features concatenated with the skip connection of the same resolution.
+            self.up_modules.append(
+                nn.ModuleList(
+                    [
+                        ConditionalResidualBlock1D(dim_out * 2, dim_in, cond_dim, kernel, groups),
+                        ConditionalResidualBlock1D(dim_in, dim_in, cond_dim, kernel, groups),
+                        nn.ConvTranspose1d(dim_in, dim_in, 4, stride=2, padding=1),
+                    ]
+                )
+            )
+        start = config.down_dims[0]
+        self.final_conv = nn.Sequential(
+            Conv1dBlock(start, start, kernel, groups),
+            nn.Conv1d(start, config.action_dim, 1),
+        )
+        # Each stride-2 stage halves the length; pad the horizon so every halving is exact.
+        self.length_multiple = 2 ** (len(levels) - 1)
+        self.noise_scheduler = build_ddim_scheduler(config.num_train_timesteps)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """PyTorch's default layer initialisation (what Chi's UNet was tuned with), through the guarded
+        `transformers.initialization` functions so loaded weights are never overwritten."""
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.ConvTranspose1d)):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.GroupNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+    def model_forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | int,
+        global_cond: torch.Tensor,
+        states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the noise.
+
+        Args:
+            x: `(B, T, action_dim)` noisy actions (any float dtype; cast to the model dtype).
+            t: `(B,)`, `()` or int diffusion timestep(s).
+            global_cond: `(B, N, global_cond_dim)` or `(B, global_cond_dim)` condition.
+            states: `(B, state_dim)` robot state.
+
+        Returns:
+            `(B, T, action_dim)` predicted noise in the model dtype.
+        """
+        dtype = self.final_conv[-1].weight.dtype
+        batch, steps, _ = x.shape
+        cond = self.combine(pool_condition(global_cond).to(dtype), None if states is None else states.to(dtype))
+        t = expand_timesteps(t, batch, x.device)
+        t_emb = self.diffusion_step_encoder(
+            sinusoidal_timestep_embedding(t, self.config.diffusion_step_embed_dim).to(dtype)
+        )
+        feature = torch.cat([t_emb, cond], dim=-1)
+
+        h = x.to(dtype).transpose(1, 2)  # (B, A, T): convolve over time
+        pad = (-steps) % self.length_multiple
+        if pad:
+            h = F.pad(h, (0, pad))
+        skips = []
+        for res1, res2, downsample in self.down_modules:
+            h = res2(res1(h, feature), feature)
+            skips.append(h)
+            h = downsample(h)
+        for res in self.mid_modules:
+            h = res(h, feature)
+        for res1, res2, upsample in self.up_modules:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(res2(res1(h, feature), feature))
+        h = self.final_conv(h)
+        return h[..., :steps].transpose(1, 2)
+
+
+__all__ = ["ConditionalUnet1D"]

@@ -1,0 +1,211 @@
+"""Build the VLA for a training stage: load, freeze, LoRA, quantise, stage-1 DiT (seed: "模型加载").
+
+What is trainable after ``load_model`` (and nothing else):
+
+- ``freeze_backbone=False``: the whole VLM (vision tower per ``freeze_vision_tower``), ``lm_head`` included.
+- ``freeze_vision_tower=True``: ``model.visual`` frozen except its LoRA weights; ``False``: trainable
+  (even with a frozen backbone, as the reference).
+- ``policy_head`` and ``fusion``: always (with ``lora_module`` containing ``di_head`` the head's
+  linear layers get LoRA instead, and only its input embeddings train in full, as the reference).
+- LoRA weights of the chosen ``lora_module`` parts ∈ {vit, llm, di_head}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qwen2_vla.configuration_qwen2_vla import Qwen2VLAConfig
+from qwen2_vla.modeling_qwen2_vla import Qwen2VLAForConditionalGeneration
+
+VISION_PREFIX = "model.visual."
+LANGUAGE_PREFIX = "model.language_model."
+HEAD_PREFIX = "policy_head."
+FUSION_PREFIX = "fusion."
+# With LoRA on the head, these head parts still train in full (the reference's non_lora_modules).
+HEAD_FULLY_TRAINED = ("x_embedder", "cond_obs_emb", "norm_after_pool")
+
+
+def lora_target_modules(model: nn.Module, lora_modules: list[str]) -> list[str]:
+    """Full names of the ``nn.Linear`` layers LoRA adapts for the chosen parts.
+
+    Exact names (not substrings such as "visual"): the reference's exclusion names never
+    matched Qwen2-VL's modules, so its LoRA landed everywhere.
+    """
+    prefixes = {"vit": VISION_PREFIX, "llm": LANGUAGE_PREFIX, "di_head": HEAD_PREFIX}
+    chosen = tuple(prefixes[m] for m in lora_modules)
+    targets = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or not name.startswith(chosen):
+            continue
+        if name.startswith(HEAD_PREFIX) and any(part in name for part in HEAD_FULLY_TRAINED):
+            continue
+        targets.append(name)
+    return targets
+
+
+def _modules_to_save(model: nn.Module, lora_modules: list[str]) -> list[str]:
+    """Modules trained in full beside LoRA (PEFT saves them with the adapter)."""
+    names = ["fusion"] if getattr(model, "fusion", None) is not None else []
+    if "di_head" in lora_modules:
+        names += [f"{HEAD_PREFIX}{n}" for n, _ in model.policy_head.named_children() if n in HEAD_FULLY_TRAINED]
+    else:
+        names.append("policy_head")
+    return names
+
+
+def quantization_config(training_args: Any, compute_dtype: torch.dtype):
+    """``BitsAndBytesConfig`` for ``--bits 4/8``; a clear error where CUDA or bitsandbytes is missing."""
+    if training_args.bits not in (4, 8):
+        return None
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"--bits {training_args.bits} quantises with bitsandbytes, which needs CUDA; none found")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(f"--bits {training_args.bits} needs bitsandbytes: pip install bitsandbytes") from err
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=training_args.bits == 4,
+        load_in_8bit=training_args.bits == 8,
+        llm_int8_skip_modules=["policy_head", "fusion", "lm_head"],
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=training_args.double_quant,
+        bnb_4bit_quant_type=training_args.quant_type,
+    )
+
+
+def compute_dtype_of(training_args: Any) -> torch.dtype:
+    if getattr(training_args, "bf16", False):
+        return torch.bfloat16
+    if getattr(training_args, "fp16", False):
+        return torch.float16
+    return torch.float32
+
+
+def _is_lora_checkpoint(path: str | os.PathLike) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def from_pretrained_vla(
+    path: str | os.PathLike,
+    config: Qwen2VLAConfig | None = None,
+    **kwargs: Any,
+) -> Qwen2VLAForConditionalGeneration:
+    """Load a VLA from a stock Qwen2-VL dir (needs ``config``), a VLA checkpoint, or a LoRA checkpoint.
+
+    A LoRA checkpoint (``adapter_config.json``) is loaded onto its base model and merged, so stage 3
+    and evaluation get a plain model either way.
+    """
+    if _is_lora_checkpoint(path):
+        from peft import PeftModel
+
+        adapter = json.loads((Path(path) / "adapter_config.json").read_text())
+        base_path = adapter.get("base_model_name_or_path")
+        if not base_path or not Path(base_path).exists():
+            raise FileNotFoundError(
+                f"{path}/adapter_config.json: base_model_name_or_path={base_path!r} does not exist; "
+                "load the merged export of the LoRA run instead"
+            )
+        if config is None:
+            config = Qwen2VLAConfig.from_pretrained(path)
+        base = Qwen2VLAForConditionalGeneration.from_pretrained(base_path, config=config, **kwargs)
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    return Qwen2VLAForConditionalGeneration.from_pretrained(str(path), config=config, **kwargs)
+
+
+def set_trainable(model: nn.Module, training_args: Any) -> None:
+    """Apply the freezing flags (see the module docstring); LoRA weights always stay trainable."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head_via_lora = bool(training_args.lora_enable) and "di_head" in training_args.lora_modules
+    for name, param in base.named_parameters():
+        if "original_module" in name:  # PEFT's frozen copy of a fully trained module
+            trainable = False
+        elif "lora_" in name or "modules_to_save" in name:
+            trainable = True
+        elif name.startswith(VISION_PREFIX):
+            trainable = not training_args.freeze_vision_tower
+        elif name.startswith(HEAD_PREFIX):
+            trainable = not head_via_lora
+        elif name.startswith(FUSION_PREFIX):
+            trainable = True
+        else:
+            trainable = not training_args.freeze_backbone
+        param.requires_grad_(trainable)
+
+
+def load_model(
+    config: dict[str, Any],
+    qwen2_vla_config: Qwen2VLAConfig,
+    rank0_print: Callable[..., None] = print,
+    tokenizer=None,
+) -> tuple[nn.Module, Any]:
+    """Load the model a stage trains (the reference's ``ml_utils.load_model``).
+
+    Args:
+        config: ``all_config`` with ``model_args``, ``data_args``, ``training_args``, ``action_head_args``.
+        qwen2_vla_config: the VLA config (from ``parse_param``).
+        tokenizer: unused here; kept for the reference's signature.
+
+    Returns:
+        ``(model, data_args)``; the model is a ``PeftModel`` when LoRA is on.
+    """
+    model_args, data_args, training_args = config["model_args"], config["data_args"], config["training_args"]
+    compute_dtype = compute_dtype_of(training_args)
+    load_kwargs: dict[str, Any] = {"cache_dir": training_args.cache_dir}
+    if training_args.flash_attn:
+        load_kwargs["attn_implementation"] = "flash_attention_2"
+    quant = quantization_config(training_args, compute_dtype)
+    if quant is not None:
+        load_kwargs.update(quantization_config=quant, dtype=compute_dtype)
+
+    source = model_args.model_name_or_path
+    rank0_print(f"load_model: {'stage 3 from ' if training_args.load_pretrain else ''}{source}")
+    model = from_pretrained_vla(source, config=qwen2_vla_config, **load_kwargs)
+    model.config.use_cache = False
+
+    if model_args.load_pretrain_dit and not training_args.load_pretrain:
+        from policy_heads import load_pretrained_dit
+
+        report = load_pretrained_dit(model.policy_head, model_args.pretrain_dit_path)
+        rank0_print(f"load_model: stage-1 DiT from {model_args.pretrain_dit_path}: {report}")
+
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+
+    if training_args.lora_enable:
+        from peft import LoraConfig, get_peft_model
+
+        modules = training_args.lora_modules
+        targets = lora_target_modules(model, modules)
+        if not targets:
+            raise ValueError(f"lora_module={training_args.lora_module!r} matched no linear layer of the model")
+        lora_config = LoraConfig(
+            r=training_args.lora_r,
+            lora_alpha=training_args.lora_alpha,
+            lora_dropout=training_args.lora_dropout,
+            bias=training_args.lora_bias,
+            target_modules=targets,
+            modules_to_save=_modules_to_save(model, modules),
+            task_type=None,
+        )
+        model = get_peft_model(model, lora_config)
+        rank0_print(f"load_model: LoRA r={training_args.lora_r} on {modules}: {len(targets)} linear layers")
+
+    set_trainable(model, training_args)
+    if training_args.gradient_checkpointing:
+        # Frozen embeddings would otherwise cut the graph for checkpointed layers.
+        model.enable_input_require_grads()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    rank0_print(f"load_model: {trainable:,} of {total:,} parameters trainable")
+    return model, data_args

@@ -1,0 +1,231 @@
+"""DexVLA model: stock Qwen2-VL + fusion + diffusion expert, as a subclass (no copied modeling file).
+
+Training: ``forward(..., actions, states, is_pad)`` -> ``Qwen2VLAOutput(loss, llm_loss, action_loss, ...)``
+with ``loss = action_loss + llm_loss_weight * llm_loss``.
+Inference: ``predict_action(...)`` generates the reasoning greedily, runs prompt + answer through the
+VLM once more, fuses, and samples an action chunk ``(B, chunk, action_dim)`` with DDIM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModel, Qwen2VLForConditionalGeneration
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from qwen2_vla.configuration_qwen2_vla import Qwen2VLAConfig
+from qwen2_vla.fusion import ReasoningFusion, ZeroInitLinear, split_prompt_answer
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Qwen2VLAOutput(ModelOutput):
+    """
+    Args:
+        loss: ``action_loss + llm_loss_weight * llm_loss`` (only the parts that were computed).
+        llm_loss: next-token cross-entropy on the answer tokens (when ``labels`` are given).
+        action_loss: the diffusion expert's masked noise-prediction loss (when ``actions`` are given).
+        logits: ``(B, L, vocab)`` language-model logits.
+        cache: key/value cache (generation).
+    """
+
+    loss: torch.FloatTensor | None = None
+    llm_loss: torch.FloatTensor | None = None
+    action_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: object | None = None
+
+
+@dataclass
+class Qwen2VLAActionOutput(ModelOutput):
+    """
+    Args:
+        actions: ``(B, chunk, action_dim)`` sampled action chunks, in normalised units.
+        sequences: ``(B, L + G)`` prompt followed by the generated answer tokens.
+        answer_mask: ``(B, L + G)`` true on the generated answer tokens that were fused.
+        reasoning: decoded answers (when a tokenizer was given).
+    """
+
+    actions: torch.FloatTensor | None = None
+    sequences: torch.LongTensor | None = None
+    answer_mask: torch.BoolTensor | None = None
+    reasoning: list[str] | None = None
+
+
+class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
+    """Qwen2-VL with a diffusion-expert action head (``policy_head``) fed by ``fusion``."""
+
+    config_class = Qwen2VLAConfig
+
+    def __init__(self, config: Qwen2VLAConfig) -> None:
+        super().__init__(config)
+        if config.policy_head_config is None:
+            raise ValueError(
+                "Qwen2VLAConfig.policy_head_config is None: build one with policy_heads.build_policy_head_config "
+                "(or Qwen2VLAConfig.from_qwen2_vl_config for a stock Qwen2-VL checkpoint)"
+            )
+        hidden_size = config.text_config.hidden_size
+        self.policy_head = AutoModel.from_config(config.policy_head_config)
+        self.fusion = ReasoningFusion(hidden_size) if config.using_film else None
+        # A second post_init initialises only the modules added here: the backbone is already
+        # flagged as initialised, and the head dispatches to its own _init_weights (adaLN-Zero).
+        self.post_init()
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        if isinstance(module, ZeroInitLinear):
+            # FiLM starts as the identity; the generic Linear init must not undo that.
+            init.zeros_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+            return
+        super()._init_weights(module)
+
+    # ---- training -----------------------------------------------------------------------------
+    def action_condition(
+        self, hidden_states: torch.Tensor, prompt_mask: torch.Tensor, answer_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The policy head's condition: ``(B, 1, H)`` through FiLM, else all hidden states ``(B, L, H)``."""
+        if self.fusion is None:
+            return hidden_states
+        return self.fusion(hidden_states, prompt_mask, answer_mask)
+
+    def film_forward(
+        self, labels: torch.Tensor, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The reference's ``film_forward``: prompt/answer split from labels and mask -> ``(B, 1, H)``."""
+        prompt_mask, answer_mask = split_prompt_answer(attention_mask, labels, IGNORE_INDEX)
+        return self.action_condition(hidden_states, prompt_mask, answer_mask)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        actions: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        is_pad: torch.Tensor | None = None,
+        **kwargs,
+    ) -> Qwen2VLAOutput:
+        """Without ``actions`` this is the stock language model (``generate`` uses that path).
+
+        Args:
+            input_ids: ``(B, L)``; attention_mask: ``(B, L)``; labels: ``(B, L)`` with -100 on the prompt.
+            actions: ``(B, T, action_dim)`` normalised target chunk; states: ``(B, state_dim)``;
+            is_pad: ``(B, T)`` true on padded steps. Other keyword arguments go to Qwen2-VL
+            (``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``, ``cache``, ...).
+        """
+        kwargs.update(pixel_values=pixel_values, image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids)
+        if actions is None:
+            out = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+            return Qwen2VLAOutput(loss=out.loss, llm_loss=out.loss, logits=out.logits, cache=out.cache)
+
+        kwargs.pop("logits_to_keep", None)  # training needs every position's logits
+        backbone = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        hidden_states = backbone.last_hidden_state
+        logits = self.lm_head(hidden_states)
+        llm_loss = None
+        if labels is not None:
+            llm_loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+            condition = self.film_forward(labels, hidden_states, attention_mask)
+        else:
+            prompt_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            condition = self.action_condition(hidden_states, prompt_mask, torch.zeros_like(prompt_mask))
+        action_loss = self.policy_head(actions=actions, hidden_states=condition, states=states, is_pad=is_pad).loss
+        loss = action_loss if llm_loss is None else action_loss + self.config.llm_loss_weight * llm_loss
+        return Qwen2VLAOutput(loss=loss, llm_loss=llm_loss, action_loss=action_loss, logits=logits)
+
+    # ---- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_action(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        states: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        max_new_tokens: int = 64,
+        generate_reasoning: bool = True,
+        tokenizer=None,
+        generator: torch.Generator | None = None,
+        num_inference_timesteps: int | None = None,
+    ) -> Qwen2VLAActionOutput:
+        """Sample action chunks for a (left-padded) batch of prompts.
+
+        Args:
+            input_ids, attention_mask, mm_token_type_ids: ``(B, L)`` prompt ending in the generation
+                prompt (``<|im_start|>assistant\\n``), left padded.
+            states: ``(B, state_dim)`` normalised robot state.
+            pixel_values, image_grid_thw: the processor's image tensors.
+            max_new_tokens: budget for the reasoning; ``generate_reasoning=False`` skips generation.
+            tokenizer: when given, the generated reasoning is decoded into ``reasoning``.
+            generator: random source of the DDIM noise.
+
+        Returns:
+            ``Qwen2VLAActionOutput`` with ``actions (B, chunk, action_dim)``.
+        """
+        image_kwargs = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
+        if mm_token_type_ids is None:
+            mm_token_type_ids = torch.zeros_like(input_ids)
+        prompt_len = input_ids.shape[1]
+        sequences, full_mask = input_ids, attention_mask
+        if generate_reasoning and max_new_tokens > 0:
+            eos_ids = self.generation_config.eos_token_id
+            pad_id = self.generation_config.pad_token_id
+            sequences = self.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                mm_token_type_ids=mm_token_type_ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos_ids,
+                pad_token_id=pad_id,
+                **image_kwargs,
+            )
+            generated = sequences[:, prompt_len:]
+            full_mask = torch.cat([attention_mask, _answer_mask(generated, eos_ids).to(attention_mask.dtype)], dim=1)
+        answer_mask = torch.zeros_like(full_mask, dtype=torch.bool)
+        answer_mask[:, prompt_len:] = full_mask[:, prompt_len:].bool()
+        prompt_mask = full_mask.bool() & ~answer_mask
+        mm_types = torch.cat(
+            [mm_token_type_ids, mm_token_type_ids.new_zeros(sequences.shape[0], sequences.shape[1] - prompt_len)], dim=1
+        )
+        hidden_states = self.model(
+            input_ids=sequences, attention_mask=full_mask, mm_token_type_ids=mm_types, **image_kwargs
+        ).last_hidden_state
+        condition = self.action_condition(hidden_states, prompt_mask, answer_mask)
+        actions = self.policy_head(
+            hidden_states=condition,
+            states=states.to(condition.dtype),
+            generator=generator,
+            num_inference_timesteps=num_inference_timesteps,
+        ).actions
+        reasoning = None
+        if tokenizer is not None:
+            reasoning = [
+                tokenizer.decode(seq[prompt_len:][mask[prompt_len:]], skip_special_tokens=True)
+                for seq, mask in zip(sequences, answer_mask, strict=True)
+            ]
+        return Qwen2VLAActionOutput(
+            actions=actions, sequences=sequences, answer_mask=answer_mask, reasoning=reasoning
+        )
+
+
+def _answer_mask(generated: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
+    """True on generated tokens up to and including the first end-of-sequence token."""
+    if eos_token_id is None:
+        return torch.ones_like(generated, dtype=torch.bool)
+    eos_ids = torch.as_tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id], device=generated.device)
+    is_eos = torch.isin(generated, eos_ids)
+    # Tokens after the first EOS are padding that generate() appended for finished rows.
+    after_eos = (torch.cumsum(is_eos.int(), dim=1) - is_eos.int()) > 0
+    return ~after_eos
+
+
+__all__ = ["Qwen2VLAActionOutput", "Qwen2VLAForConditionalGeneration", "Qwen2VLAOutput"]

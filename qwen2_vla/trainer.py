@@ -1,0 +1,318 @@
+"""``QWen2VLATrainer``: ``transformers.Trainer`` with DexVLA's hooks (seed notes: 训练器：Qwen2VLATrainer).
+
+The reference copied ``_inner_training_loop`` and ``training_step`` to return its component
+losses; here only hooks are overridden:
+
+- ``compute_loss``: records ``llm_loss`` / ``action_loss`` of every training micro-batch; ``log``
+  adds their mean since the previous log (over micro-steps, then over processes) beside ``loss``,
+  so TensorBoard shows ``train/llm_loss`` and ``train/action_loss``.
+- ``model_accepts_loss_kwargs = False`` and ``loss_is_scaled_for_ga = False``: the model returns
+  per-batch means, so the Trainer divides by the gradient-accumulation steps itself.
+- ``create_optimizer``: weight-decay groups as the reference, plus ``non_lora_lr`` for the
+  trainable non-LoRA modules of a LoRA run (the reference's ``non_lora_modules`` list).
+- ``_get_train_sampler``: ``EpisodeSampler`` from ``load_data``'s ``sampler_params`` seeded with
+  ``args.seed``: deterministic per epoch, so a resumed run sees the same order.
+- ``_save``: every save is self-contained: weights + config + processor (tokenizer, chat template,
+  image processor) + ``dataset_stats.json`` (+ ``ema_weights.safetensors``).
+- ``_load_from_checkpoint``: resume loads the weights through ``from_pretrained`` (the parent
+  skipped Qwen2-VL's renamed keys without a word).
+- ``_save_checkpoint``: ``Trainer`` (5.x) writes ``checkpoint-N`` in place; this stages it in a
+  hidden sibling directory and renames it when every process is done, so a crash never leaves a
+  half-written ``checkpoint-N`` for ``--resume_from_checkpoint True`` to pick up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+from data_utils.normalization import NormStats
+from data_utils.sampler import EpisodeSampler
+from qwen2_vla.ema import EMACallback
+
+# Modules that train at `non_lora_lr` in a LoRA run (the reference's list; names that don't exist
+# in this model simply match nothing).
+NON_LORA_MODULES: tuple[str, ...] = (
+    "vision_resampler",
+    "merger",
+    "lm_head",
+    "proj_to_action",
+    "text_hidden_fcs",
+    "external_vit",
+    "input_action_proj",
+    "gt_action_proj",
+    "gt_film",
+    "reasoning_action_proj",
+    "reasoning_film",
+    "channel_proj",
+    "xattn",
+)
+# With LoRA on the diffusion head, only its input embeddings are non-LoRA modules.
+HEAD_NON_LORA_MODULES: tuple[str, ...] = ("x_embedder", "cond_obs_emb", "norm_after_pool")
+COMPONENT_LOSSES: tuple[str, ...] = ("llm_loss", "action_loss")
+STAGING_PREFIX = ".staging-"
+
+
+def non_lora_module_keywords(lora_modules: Sequence[str]) -> tuple[str, ...]:
+    """Name fragments of the modules trained at ``non_lora_lr`` for the given ``lora_module`` parts."""
+    head = HEAD_NON_LORA_MODULES if "di_head" in lora_modules else ("policy_head",)
+    return NON_LORA_MODULES + head
+
+
+def is_lora_parameter(name: str) -> bool:
+    return "lora_" in name
+
+
+def _is_peft_model(model: nn.Module) -> bool:
+    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
+
+
+class QWen2VLATrainer(Trainer):
+    """Trainer for ``Qwen2VLAForConditionalGeneration``.
+
+    Args:
+        sampler_params: ``load_data``'s ``sampler_params``; ``["train"]`` builds the ``EpisodeSampler``
+            (without it the Trainer's default random sampler is used).
+        norm_stats: the dataset statistics written as ``dataset_stats.json`` into every save.
+        *args, **kwargs: ``transformers.Trainer``'s; pass the Qwen2-VL processor as ``processing_class``.
+    """
+
+    # The model's loss is a per-batch mean: let the Trainer divide it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        *args: Any,
+        sampler_params: dict[str, dict[str, Any]] | None = None,
+        norm_stats: NormStats | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.sampler_params = sampler_params
+        self.norm_stats = norm_stats
+        # forward(**kwargs) would make the Trainer pass num_items_in_batch into Qwen2-VL; the action
+        # loss can't use it, and mixing token-sum and mean losses would weigh the two parts unevenly.
+        self.model_accepts_loss_kwargs = False
+        self._component_sums: dict[str, torch.Tensor] = {}
+        self._component_counts: dict[str, int] = {}
+        self._staging_run_dir: str | None = None  # set while _save_checkpoint writes into the staging directory
+        logging_dir = getattr(self.args, "logging_dir", None)
+        if logging_dir:
+            # transformers 5 dropped TrainingArguments.logging_dir; its TensorBoard callback reads this attribute.
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, TensorBoardCallback):
+                    callback.logging_dir = logging_dir
+        self.ema: EMACallback | None = None
+        if getattr(self.args, "using_ema", False):
+            if is_deepspeed_zero3_enabled():
+                raise ValueError("using_ema=True with ZeRO-3: parameters are sharded; use ZeRO-2 (scripts/zero2.json)")
+            self.ema = EMACallback(self.accelerator.unwrap_model(self.model), decay=self.args.ema_decay)
+            self.add_callback(self.ema)
+
+    # ---- losses and logging -------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            for name in COMPONENT_LOSSES:
+                value = getattr(outputs, name, None)
+                if value is None:
+                    continue
+                value = value.detach().float().mean()
+                if name in self._component_sums:
+                    self._component_sums[name] += value
+                else:
+                    self._component_sums[name] = value.clone()
+                self._component_counts[name] = self._component_counts.get(name, 0) + 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Training logs carry "loss"; every process reaches this point together, so the reduce is safe.
+        if "loss" in logs and self._component_sums:
+            names = sorted(self._component_sums)
+            local = torch.stack([self._component_sums[n] / self._component_counts[n] for n in names])
+            averaged = self.accelerator.reduce(local, reduction="mean")
+            for name, value in zip(names, averaged.tolist(), strict=True):
+                logs[name] = value
+            self._component_sums.clear()
+            self._component_counts.clear()
+        super().log(logs, start_time)
+
+    # ---- data ---------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
+        if self.sampler_params is None:
+            return super()._get_train_sampler(train_dataset)
+        params = self.sampler_params["train"]
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        sampler = EpisodeSampler(
+            episode_len_l=params["episode_len_l"],
+            sample_weights=params.get("sample_weights"),
+            episode_first=params.get("episode_first", False),
+            seed=seed,
+        )
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if dataset is not None and len(sampler) != len(dataset):
+            raise ValueError(
+                f"sampler_params['train'] describes {len(sampler)} steps but the train dataset has {len(dataset)}; "
+                "pass the sampler_params that load_data returned with this dataset"
+            )
+        return sampler
+
+    # ---- optimizer ----------------------------------------------------------------------------
+    def optimizer_param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Trainable parameters in groups: (decay | no decay) x (base lr | ``non_lora_lr``); empty groups dropped."""
+        decay_names = set(self.get_decay_parameter_names(model))
+        special_lr = self.args.non_lora_lr if self.args.lora_enable else None
+        keywords = non_lora_module_keywords(self.args.lora_modules)
+
+        def at_special_lr(name: str) -> bool:
+            return special_lr is not None and not is_lora_parameter(name) and any(k in name for k in keywords)
+
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = []
+        for special in (False, True):
+            for decayed in (True, False):
+                params = [p for n, p in trainable if (n in decay_names) == decayed and at_special_lr(n) == special]
+                if not params:
+                    continue
+                group: dict[str, Any] = {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0}
+                if special:
+                    group["lr"] = special_lr
+                groups.append(group)
+        return groups
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            if self.optimizer_cls_and_kwargs is not None:
+                optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+            else:
+                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(self.optimizer_param_groups(opt_model), **optimizer_kwargs)
+        # The parent returns the optimizer built above (and wraps it where SageMaker MP needs that).
+        return super().create_optimizer(model)
+
+    # ---- training entry -----------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` picks the last ``checkpoint-N`` of ``output_dir``."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint-N")
+        if resume_from_checkpoint and self.ema is not None and not self.ema.load(resume_from_checkpoint):
+            self.ema.shadow = {}  # no EMA in that checkpoint: start the average at the resumed weights
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        # save_pretrained writes Qwen2-VL's original key layout (visual.*, model.layers.*), but Trainer
+        # (5.24) reloads that file with load_state_dict(strict=False): the renamed ViT and LLM weights were
+        # silently left as they were (transformers issue #43701). from_pretrained applies the renaming.
+        target = self.model if model is None else model
+        has_weights = any(
+            os.path.isfile(os.path.join(resume_from_checkpoint, f))
+            for f in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
+        )
+        if not has_weights or not isinstance(target, PreTrainedModel) or self.is_fsdp_enabled:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        dtype = next(target.parameters()).dtype
+        saved = type(target).from_pretrained(resume_from_checkpoint, config=target.config, dtype=dtype)
+        target.load_state_dict(saved.state_dict(), strict=True)
+        del saved
+
+    # ---- saving -------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model)
+        if _is_peft_model(model):
+            # An adapter directory alone doesn't say which VLA (head, fusion, sizes) it belongs to.
+            base = model.get_base_model()
+            base.config.save_pretrained(output_dir)
+            if base.generation_config is not None:
+                base.generation_config.save_pretrained(output_dir)
+        if self.norm_stats is not None:
+            self.norm_stats.save(output_dir)  # atomic (temp file + rename)
+        if self.ema is not None and self.ema.shadow:
+            self.ema.save(output_dir)
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
+        final_dir = os.path.join(run_dir, name)
+        if self.args.should_save and os.path.isdir(staging_root):
+            shutil.rmtree(staging_root)  # left over by a crashed save
+        self.accelerator.wait_for_everyone()
+        self._staging_run_dir = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_run_dir = None
+        # Every process wrote its part (RNG state, ZeRO shards) into the staging directory.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if os.path.isdir(final_dir):
+                shutil.rmtree(final_dir)  # same step saved again (e.g. a rerun into the same output_dir)
+            os.replace(os.path.join(staging_root, name), final_dir)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            best = self.state.best_model_checkpoint
+            if best is not None and best.startswith(staging_root):
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_run_dir if self._staging_run_dir is not None else super()._get_output_dir(trial)
+
+    def save_merged_model(self, output_dir: str) -> str | None:
+        """Merge the LoRA weights into the base model and save a plain, self-contained VLA at ``output_dir``.
+
+        Call once, after training: merging replaces the LoRA layers of the trained model in place.
+        Returns ``output_dir``, or None for a run without LoRA.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        if not _is_peft_model(model):
+            return None
+        gather: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+        with gather:
+            merged = model.merge_and_unload()
+            if self.args.should_save:
+                merged.save_pretrained(output_dir)
+        if self.args.should_save:
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            if self.norm_stats is not None:
+                self.norm_stats.save(output_dir)
+        self.accelerator.wait_for_everyone()
+        return output_dir
+
+
+__all__ = ["NON_LORA_MODULES", "QWen2VLATrainer", "non_lora_module_keywords"]

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# DexVLA stage 3: continue from a stage-2 checkpoint on the target task's data (cosine schedule).
+# Checkpoints are self-contained (processor, chat template and dataset_stats.json included), so
+# nothing is copied into them afterwards.
+#   MNOP=/path/to/stage2/checkpoint-N OUTPUT=... bash scripts/train_dexvla_stage3.sh [extra train_vla.py args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NUM_GPUS=${NUM_GPUS:-8}
+MASTER_PORT=${MASTER_PORT:-29604}
+ACTION_HEAD=${ACTION_HEAD:-scale_dp_policy}
+HEAD_SIZE=${HEAD_SIZE:-ScaleDP_H}
+MNOP=${MNOP:?set MNOP to the stage-2 DexVLA checkpoint}
+TASKNAME=${TASKNAME:-example_tasks}
+OUTPUT=${OUTPUT:?set OUTPUT to the output directory}
+ZERO=${ZERO:-scripts/zero2.json}
+BF16=${BF16:-True}
+FLASH_ATTN=${FLASH_ATTN:-True}
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
+mkdir -p "$OUTPUT"
+
+deepspeed --master_port "$MASTER_PORT" --num_gpus="$NUM_GPUS" --num_nodes=1 ./train_vla.py \
+  --deepspeed "$ZERO" \
+  --use_reasoning True \
+  --lora_enable False \
+  --load_pretrain True \
+  --action_dim 14 \
+  --state_dim 14 \
+  --flash_attn "$FLASH_ATTN" \
+  --chunk_size 50 \
+  --lora_module "vit llm" \
+  --using_film True \
+  --using_ema False \
+  --policy_head_type "$ACTION_HEAD" \
+  --policy_head_size "$HEAD_SIZE" \
+  --image_size_stable "(320,240)" \
+  --image_size_wrist "(320,240)" \
+  --episode_first False \
+  --task_name "$TASKNAME" \
+  --model_name_or_path "$MNOP" \
+  --version v0 \
+  --tune_mm_mlp_adapter True \
+  --freeze_vision_tower False \
+  --freeze_backbone False \
+  --mm_use_im_start_end False \
+  --mm_use_im_patch_token False \
+  --image_aspect_ratio pad \
+  --group_by_modality_length False \
+  --bf16 "$BF16" \
+  --output_dir "$OUTPUT" \
+  --max_steps 80000 \
+  --per_device_train_batch_size 12 \
+  --gradient_accumulation_steps 1 \
+  --save_strategy "steps" \
+  --save_steps 10000 \
+  --save_total_limit 50 \
+  --learning_rate 2e-5 \
+  --weight_decay 0. \
+  --warmup_ratio 0.001 \
+  --lr_scheduler_type "cosine" \
+  --logging_steps 50 \
+  --tf32 True \
+  --model_max_length 2048 \
+  --gradient_checkpointing True \
+  --dataloader_num_workers 8 \
+  --lazy_preprocess True \
+  --policy_class "$ACTION_HEAD" \
+  --concat "token_cat" \
+  --report_to tensorboard \
+  --logging_dir "$OUTPUT/log" \
+  "$@" 2>&1 | tee "$OUTPUT/log.log"

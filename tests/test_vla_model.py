@@ -1,0 +1,247 @@
+"""Qwen2VLA config/model/processor/collator on the tiny offline Qwen2-VL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, Qwen2VLConfig
+
+import qwen2_vla  # noqa: F401  (registers the Auto classes)
+from data_utils.data_collator import Qwen2VLADataCollatorForSupervisedDataset
+from data_utils.utils import load_data
+from policy_heads import build_policy_head_config
+from qwen2_vla import Qwen2VLAConfig, Qwen2VLAForConditionalGeneration
+from qwen2_vla.fusion import split_prompt_answer
+from qwen2_vla.robot_data_processor import IGNORE_INDEX, Qwen2VLAProcess
+from tests.conftest import CAMERAS
+
+transformers.logging.set_verbosity_error()
+CHUNK = 8
+
+
+class DataArgs:
+    image_size_stable = "(56,56)"
+    image_size_wrist = "(56,56)"
+
+
+def vla_config(model_dir, using_film: bool = True, head: str = "scale_dp_policy") -> Qwen2VLAConfig:
+    base = AutoConfig.from_pretrained(model_dir)
+    size = "ScaleDP_tiny" if head == "scale_dp_policy" else None
+    extra = {} if head == "scale_dp_policy" else {"down_dims": [32, 64], "diffusion_step_embed_dim": 32}
+    head_config = build_policy_head_config(head, base.text_config.hidden_size, 14, 14, CHUNK, size, **extra)
+    return Qwen2VLAConfig.from_qwen2_vl_config(base, head_config, using_film=using_film)
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_model_dir, episodes_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    process = Qwen2VLAProcess(tokenizer, processor, DataArgs(), CAMERAS)
+    train, *_ = load_data(
+        [str(episodes_dir)], None, CAMERAS, 2, 2, CHUNK, llava_pythia_process=process, train_ratio=1.0,
+        rank0_print=lambda *a: None,
+    )
+    collator = Qwen2VLADataCollatorForSupervisedDataset(processor, None, tokenizer)
+    return tokenizer, processor, process, train, collator
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    torch.manual_seed(0)
+    return Qwen2VLAForConditionalGeneration.from_pretrained(tiny_model_dir, config=vla_config(tiny_model_dir))
+
+
+# ---- config ----------------------------------------------------------------------------------------
+def test_config_round_trip_and_validation(tiny_model_dir, tmp_path):
+    config = vla_config(tiny_model_dir)
+    config.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "qwen2_vla"
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    strip = lambda c: {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert isinstance(loaded, Qwen2VLAConfig) and strip(loaded) == strip(config)
+    base = AutoConfig.from_pretrained(tiny_model_dir)
+    wrong_width = build_policy_head_config("scale_dp_policy", 32, 14, 14, CHUNK, "ScaleDP_tiny")
+    with pytest.raises(ValueError, match="cond_dim=32 must equal text_config.hidden_size=64"):
+        Qwen2VLAConfig.from_qwen2_vl_config(base, wrong_width)
+    head = build_policy_head_config("scale_dp_policy", 64, 14, 14, CHUNK, "ScaleDP_tiny")
+    with pytest.raises(ValueError, match="policy_head_type='unet_diffusion_policy' but policy_head_config.model_type"):
+        Qwen2VLAConfig.from_qwen2_vl_config(base, head, policy_head_type="unet_diffusion_policy")
+
+
+# ---- loading a stock checkpoint --------------------------------------------------------------------
+def test_stock_checkpoint_loads_without_edits(tiny_model_dir, model):
+    assert json.loads((tiny_model_dir / "config.json").read_text())["model_type"] == "qwen2_vl"
+    stock = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    stock_state = stock.state_dict()
+    for name, tensor in model.state_dict().items():
+        if name in stock_state:
+            assert torch.equal(tensor, stock_state[name]), name
+    assert set(stock_state) <= set(model.state_dict())
+    # New modules start where they should: FiLM as the identity, the head's output at zero.
+    film = model.fusion.reasoning_film
+    assert film.scale_fc.weight.abs().max() == 0 and film.shift_fc.bias.abs().max() == 0
+    assert model.policy_head.final_layer.linear.weight.abs().max() == 0
+
+
+def test_legacy_key_layout_of_downloaded_checkpoints_loads(tiny_model_dir, model):
+    # Qwen2-VL-2B-Instruct as downloaded (and as transformers saves it) names its weights
+    # `visual.*` and `model.layers.*`; the VLA class must map them like the stock class does.
+    on_disk = load_file(tiny_model_dir / "model.safetensors")
+    assert any(k.startswith("visual.") for k in on_disk) and any(k.startswith("model.layers.") for k in on_disk)
+    state = model.state_dict()
+    for key, value in on_disk.items():
+        if key.startswith("visual."):
+            key = "model." + key
+        elif key.startswith("model."):
+            key = key.replace("model.", "model.language_model.", 1)
+        assert torch.equal(state[key], value), key
+
+
+def test_save_load_round_trip_is_exact(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert isinstance(loaded, Qwen2VLAForConditionalGeneration)
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert set(original) == set(reloaded)
+    for key in original:
+        assert torch.equal(original[key], reloaded[key]), key
+
+
+# ---- processing and batching -----------------------------------------------------------------------
+def test_forward_process_answer_and_labels(parts):
+    tokenizer, _, process, train, _ = parts
+    features = train[0]
+    labels, ids = features["labels"], features["input_ids"]
+    assert labels.shape == ids.shape == features["attention_mask"].shape == features["mm_token_type_ids"].shape
+    answer = ids[labels != IGNORE_INDEX]
+    assert tokenizer.decode(answer) == "reach toward the red squareNext action:<|im_end|>"
+    prompt = tokenizer.decode(ids[labels == IGNORE_INDEX])
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+    assert prompt.count("<|vision_start|>") == len(CAMERAS) and prompt.endswith("<|im_start|>assistant\n")
+    assert features["image_grid_thw"].shape == (len(CAMERAS), 3)
+    sample = train.llava_pythia_process  # the same processor, without reasoning:
+    raw = dict(train.load_raw_step(0, 0))
+    no_reasoning = sample.forward_process(
+        {"image": torch.from_numpy(raw["images"]), "raw_lang": raw["raw_lang"], "reasoning": "x"}, use_reasoning=False
+    )
+    assert tokenizer.decode(no_reasoning["input_ids"][no_reasoning["labels"] != IGNORE_INDEX]) == "<|im_end|>"
+
+
+def test_collator_left_pads_and_stacks(parts):
+    tokenizer, _, _, train, collator = parts
+    short = dict(train[0])
+    short["input_ids"], short["attention_mask"] = short["input_ids"][2:], short["attention_mask"][2:]
+    short["labels"], short["mm_token_type_ids"] = short["labels"][2:], short["mm_token_type_ids"][2:]
+    batch = collator([short, train[1]])
+    assert batch["input_ids"].shape == (2, train[1]["input_ids"].shape[0])
+    assert batch["input_ids"][0, :2].tolist() == [tokenizer.pad_token_id] * 2
+    assert batch["attention_mask"][0, :2].tolist() == [0, 0] and batch["labels"][0, :2].tolist() == [-100, -100]
+    assert batch["pixel_values"].shape[0] == 2 * train[0]["pixel_values"].shape[0]
+    assert batch["states"].shape == (2, 14) and batch["actions"].shape == (2, CHUNK, 14)
+    assert batch["is_pad"].dtype == torch.bool
+
+
+# ---- forward ---------------------------------------------------------------------------------------
+def test_loss_is_action_plus_weighted_llm_loss(parts, model, tiny_model_dir):
+    _, _, _, train, collator = parts
+    batch = collator([train[0], train[7]])
+    before = {k: v.clone() for k, v in batch.items()}
+    torch.manual_seed(3)
+    out = model(**batch)
+    assert torch.allclose(out.loss, out.action_loss + model.config.llm_loss_weight * out.llm_loss)
+    assert all(torch.equal(before[k], batch[k]) for k in batch)  # inputs are not mutated
+    stock = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    lm_only = {k: v for k, v in batch.items() if k not in ("states", "actions", "is_pad")}
+    assert torch.allclose(stock(**lm_only).loss, out.llm_loss, atol=1e-6)
+    out.loss.backward()
+    assert model.policy_head.x_embedder.weight.grad is not None
+    assert model.fusion.reasoning_film.scale_fc.weight.grad is not None
+    model.zero_grad()
+
+
+def test_prompt_answer_split_ignores_padding_side():
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, -100, -100, 7]])
+    # Same two sequences, left padded and right padded by one token.
+    left_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    right_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    right_labels = torch.tensor([[-100, 5, 6, -100], [-100, -100, -100, 7]])
+    p_left, a_left = split_prompt_answer(left_mask, labels)
+    p_right, a_right = split_prompt_answer(right_mask, right_labels)
+    assert p_left.sum(1).tolist() == p_right.sum(1).tolist() == [1, 3]
+    assert a_left.sum(1).tolist() == a_right.sum(1).tolist() == [2, 1]
+
+
+def test_film_condition_same_for_left_and_right_padding(parts, model):
+    _, _, _, train, collator = parts
+    left = collator([train[0], train[9]])
+    hidden = torch.randn(*left["input_ids"].shape, model.config.text_config.hidden_size)
+    right_order = left["attention_mask"].argsort(dim=1, descending=True, stable=True)  # move padding to the end
+    gather = lambda t: torch.gather(t, 1, right_order)  # noqa: E731
+    hidden_right = torch.gather(hidden, 1, right_order[..., None].expand_as(hidden))
+    cond_left = model.film_forward(left["labels"], hidden, left["attention_mask"])
+    cond_right = model.film_forward(gather(left["labels"]), hidden_right, gather(left["attention_mask"]))
+    assert cond_left.shape == (2, 1, hidden.shape[-1])
+    assert torch.allclose(cond_left, cond_right, atol=1e-6)
+
+
+def test_without_film_the_head_gets_hidden_states(parts, tiny_model_dir):
+    _, _, _, train, collator = parts
+    model = Qwen2VLAForConditionalGeneration.from_pretrained(tiny_model_dir, config=vla_config(tiny_model_dir, False))
+    assert model.fusion is None
+    batch = collator([train[0], train[1]])
+    hidden = torch.randn(2, 5, 64)
+    assert model.action_condition(hidden, None, None) is hidden
+    assert torch.isfinite(model(**batch).loss)
+
+
+def test_unet_head_trains_inside_the_vla(parts, tiny_model_dir):
+    _, _, _, train, collator = parts
+    model = Qwen2VLAForConditionalGeneration.from_pretrained(
+        tiny_model_dir, config=vla_config(tiny_model_dir, head="unet_diffusion_policy")
+    )
+    out = model(**collator([train[0], train[1]]))
+    assert torch.isfinite(out.action_loss)
+
+
+# ---- inference -------------------------------------------------------------------------------------
+def _prompts(parts, steps):
+    tokenizer, _, process, train, collator = parts
+    features = []
+    for step in steps:
+        raw = train.load_raw_step(0, step)
+        features.append(process.prompt_inputs(raw["images"], raw["raw_lang"]))
+    return collator(features)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_predict_action_shapes_and_reasoning(parts, model, batch_size):
+    tokenizer = parts[0]
+    prompts = _prompts(parts, range(batch_size))
+    states = torch.zeros(batch_size, 14)
+    out = model.predict_action(
+        prompts["input_ids"], prompts["attention_mask"], states, prompts["pixel_values"], prompts["image_grid_thw"],
+        prompts["mm_token_type_ids"], max_new_tokens=5, tokenizer=tokenizer, generator=torch.Generator().manual_seed(0),
+    )
+    assert out.actions.shape == (batch_size, CHUNK, 14) and torch.isfinite(out.actions).all()
+    assert len(out.reasoning) == batch_size and out.sequences.shape[1] <= prompts["input_ids"].shape[1] + 5
+    again = model.predict_action(
+        prompts["input_ids"], prompts["attention_mask"], states, prompts["pixel_values"], prompts["image_grid_thw"],
+        prompts["mm_token_type_ids"], max_new_tokens=5, generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.equal(out.actions, again.actions)
+    skipped = model.predict_action(
+        prompts["input_ids"], prompts["attention_mask"], states, prompts["pixel_values"], prompts["image_grid_thw"],
+        prompts["mm_token_type_ids"], generate_reasoning=False,
+    )
+    assert skipped.actions.shape == (batch_size, CHUNK, 14) and not skipped.answer_mask.any()
+
+
+def test_stock_config_is_not_a_vla_config(tiny_model_dir):
+    with pytest.raises(ValueError, match="policy_head_config is None"):
+        base = Qwen2VLConfig.from_pretrained(tiny_model_dir).to_dict()
+        base.pop("model_type")
+        Qwen2VLAForConditionalGeneration(Qwen2VLAConfig(**base))

@@ -1,0 +1,321 @@
+"""Train DexVLA (stage 2 and stage 3; DiVLA with LoRA) -- seed notes: 训练 Overview.
+
+    parse_param()  command line -> four argument dataclasses + the Qwen2VLAConfig
+    main()         task config -> tokenizer/processor -> load_model -> Qwen2VLAProcess -> load_data
+    train_bc()     collator -> QWen2VLATrainer -> train (resume) -> final save (+ merged LoRA export)
+
+Runs as ``python train_vla.py ...``, under ``torchrun`` and under the ``deepspeed`` launcher
+(``--local_rank``); see ``scripts/train_*.sh``. On CPU pass ``--use_cpu True`` (and, with DeepSpeed,
+``DS_ACCELERATOR=cpu``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedConfig
+
+import qwen2_vla  # noqa: F401  (registers qwen2_vla with the Auto classes)
+from aloha_scripts.constants import get_task_config
+from data_utils.data_collator import Qwen2VLADataCollatorForSupervisedDataset
+from data_utils.normalization import NormStats
+from data_utils.utils import load_data
+from policy_heads import build_policy_head_config
+from qwen2_vla.arguments import (
+    SCALE_DP_POLICY,
+    ActionHeadArguments,
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+)
+from qwen2_vla.configuration_qwen2_vla import Qwen2VLAConfig
+from qwen2_vla.model_load_utils import load_model
+from qwen2_vla.robot_data_processor import Qwen2VLAProcess
+from qwen2_vla.trainer import QWen2VLATrainer
+
+MERGED_DIR_NAME = "merged"
+
+
+def make_rank0_print(training_args: TrainingArguments) -> Callable[..., None]:
+    def rank0_print(*args: Any) -> None:
+        if training_args.process_index == 0:
+            print(*args, flush=True)
+
+    return rank0_print
+
+
+def _check_checkpoint_head(config: Qwen2VLAConfig, data_args: DataArguments, head_args: ActionHeadArguments) -> None:
+    """A VLA checkpoint fixes the head's shape; the command line must agree with it."""
+    head = config.policy_head_config
+    expected = {
+        "policy_head_type": (config.policy_head_type, head_args.policy_head_type),
+        "state_dim": (head.state_dim, head_args.state_dim),
+        "action_dim": (head.action_dim, head_args.action_dim),
+        "chunk_size": (head.prediction_horizon, data_args.chunk_size),
+    }
+    if config.policy_head_type == SCALE_DP_POLICY and getattr(head, "model_size", None) is not None:
+        expected["policy_head_size"] = (head.model_size, head_args.policy_head_size)
+    wrong = [f"--{k} {arg} (checkpoint: {ckpt})" for k, (ckpt, arg) in expected.items() if ckpt != arg]
+    if wrong:
+        raise ValueError(f"the checkpoint's policy head does not match the arguments: {', '.join(wrong)}")
+
+
+def build_model_config(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    head_args: ActionHeadArguments,
+) -> Qwen2VLAConfig:
+    """The VLA config: from a VLA checkpoint as saved, or a stock Qwen2-VL config plus a new policy head."""
+    base = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+    if isinstance(base, Qwen2VLAConfig):
+        _check_checkpoint_head(base, data_args, head_args)
+        if base.using_film != model_args.using_film:
+            raise ValueError(
+                f"--using_film {model_args.using_film} but the checkpoint was trained with using_film={base.using_film}"
+            )
+        base.llm_loss_weight = training_args.llm_loss_weight
+        return base
+    if training_args.load_pretrain:
+        raise ValueError(
+            f"load_pretrain=True (stage 3) needs a trained VLA in model_name_or_path, but "
+            f"{model_args.model_name_or_path} is a {base.model_type!r} model"
+        )
+    if base.model_type != "qwen2_vl":
+        raise ValueError(
+            f"model_name_or_path must be a Qwen2-VL or Qwen2-VLA model, got model_type={base.model_type!r}"
+        )
+    head_config: PreTrainedConfig = build_policy_head_config(
+        head_args.policy_head_type,
+        cond_dim=base.text_config.hidden_size,
+        state_dim=head_args.state_dim,
+        action_dim=head_args.action_dim,
+        chunk_size=data_args.chunk_size,
+        model_size=head_args.policy_head_size,
+    )
+    return Qwen2VLAConfig.from_qwen2_vl_config(
+        base, head_config, using_film=model_args.using_film, llm_loss_weight=training_args.llm_loss_weight
+    )
+
+
+def use_single_process_rendezvous() -> None:
+    """Let ``python train_vla.py --deepspeed ...`` run without a launcher.
+
+    Without the launcher's RANK/WORLD_SIZE, DeepSpeed falls back to MPI discovery (and fails where
+    mpi4py is missing); a world of one process needs no discovery.
+    """
+    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def parse_param(
+    argv: Sequence[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, TrainingArguments, ActionHeadArguments, Qwen2VLAConfig, dict[str, Any]]:
+    """Parse the command line (``argv`` or ``sys.argv``) into the reference's six values.
+
+    Returns ``(model_args, data_args, training_args, action_head_args, model_config,
+    bnb_model_from_pretrained_args)``; quantisation itself is configured by ``load_model``, so the
+    last one only carries the requested bit width.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg == "--deepspeed" or arg.startswith("--deepspeed=") for arg in argv):
+        use_single_process_rendezvous()
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, ActionHeadArguments))
+    model_args, data_args, training_args, head_args = parser.parse_args_into_dataclasses(args=argv)
+    if not model_args.model_name_or_path:
+        parser.error("--model_name_or_path is required (a Qwen2-VL directory or a Qwen2-VLA checkpoint)")
+    model_config = build_model_config(model_args, data_args, training_args, head_args)
+    bnb_args = {"bits": training_args.bits} if training_args.bits in (4, 8) else {}
+    return model_args, data_args, training_args, head_args, model_config, bnb_args
+
+
+def collator_dtype(training_args: TrainingArguments) -> torch.dtype | None:
+    """Dtype of the floating batch tensors.
+
+    DeepSpeed casts the model itself to bf16/fp16, so inputs must match; otherwise the model stays
+    float32 under autocast and float32 inputs are right.
+    """
+    if not training_args.deepspeed:
+        return None
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16:
+        return torch.float16
+    return None
+
+
+def resume_arg(value: str | bool | None) -> str | bool | None:
+    """``--resume_from_checkpoint`` as the Trainer takes it: a path, True (the last checkpoint-N) or None."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "last"):
+            return True
+        if lowered in ("", "false", "none"):
+            return None
+    return value or None
+
+
+def build_trainer(
+    config: dict[str, Any],
+    train_dataset: torch.utils.data.Dataset,
+    val_dataset: torch.utils.data.Dataset | None,
+    model: torch.nn.Module,
+    sampler_params: dict[str, dict[str, Any]],
+    tokenizer: Any,
+    processor: Any,
+    norm_stats: NormStats,
+    callbacks: list[transformers.TrainerCallback] | None = None,
+) -> QWen2VLATrainer:
+    """The collator and the ``QWen2VLATrainer`` over the prepared pieces (nothing trained yet)."""
+    training_args: TrainingArguments = config["training_args"]
+    collator = Qwen2VLADataCollatorForSupervisedDataset(
+        multimodal_processor=processor, computed_type=collator_dtype(training_args), tokenizer=tokenizer
+    )
+    return QWen2VLATrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=val_dataset if training_args.do_eval else None,
+        data_collator=collator,
+        processing_class=processor,
+        sampler_params=sampler_params,
+        norm_stats=norm_stats,
+        callbacks=callbacks,
+    )
+
+
+def train_bc(
+    train_dataset: torch.utils.data.Dataset,
+    val_dataset: torch.utils.data.Dataset | None,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    sampler_params: dict[str, dict[str, Any]],
+    tokenizer: Any,
+    processor: Any,
+    norm_stats: NormStats,
+    callbacks: list[transformers.TrainerCallback] | None = None,
+) -> QWen2VLATrainer:
+    """Train (behaviour cloning with reasoning), then save the final model; returns the trainer."""
+    training_args: TrainingArguments = config["training_args"]
+    rank0_print = make_rank0_print(training_args)
+    trainer = build_trainer(
+        config, train_dataset, val_dataset, model, sampler_params, tokenizer, processor, norm_stats, callbacks
+    )
+    trainer.train(resume_from_checkpoint=resume_arg(training_args.resume_from_checkpoint))
+    trainer.save_state()
+    # The final model at output_dir's root: weights (an adapter for LoRA) + config + processor + stats.
+    trainer.save_model(training_args.output_dir)
+    if training_args.lora_enable:
+        merged = trainer.save_merged_model(os.path.join(training_args.output_dir, MERGED_DIR_NAME))
+        rank0_print(f"train_bc: merged LoRA model -> {merged}")
+    return trainer
+
+
+def prepare(
+    all_config: dict[str, Any], model_config: Qwen2VLAConfig, model: torch.nn.Module | None = None
+) -> dict[str, Any]:
+    """Everything ``train_bc`` needs: task, tokenizer, processor, model (``load_model``), datasets, statistics.
+
+    ``model``: use this model instead of loading one (benchmarks with random real-size weights).
+    Also writes ``dataset_stats.json`` into ``output_dir`` before training, so even an interrupted
+    run's directory says how it normalised.
+    """
+    model_args: ModelArguments = all_config["model_args"]
+    data_args: DataArguments = all_config["data_args"]
+    training_args: TrainingArguments = all_config["training_args"]
+    head_args: ActionHeadArguments = all_config["action_head_args"]
+    rank0_print = make_rank0_print(training_args)
+    # Before the model exists, so its random parts (new head, fusion) are the same on every process.
+    transformers.set_seed(training_args.seed)
+
+    task_config = get_task_config(data_args.task_name)
+    camera_names = task_config["camera_names"]
+    all_config["camera_names"] = camera_names
+    all_config["episode_len"] = task_config["episode_len"]
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+    if model is None:
+        model, data_args = load_model(
+            config=all_config, qwen2_vla_config=model_config, rank0_print=rank0_print, tokenizer=tokenizer
+        )
+    vla_process = Qwen2VLAProcess(
+        tokenizer=tokenizer, multimodal_processor=processor, data_args=data_args, camera_names=camera_names
+    )
+    train_dataset, val_dataset, stats, sampler_params = load_data(
+        task_config["dataset_dir"],
+        task_config["name_filter"],
+        camera_names,
+        training_args.per_device_train_batch_size,
+        training_args.per_device_eval_batch_size,
+        data_args.chunk_size,
+        config=all_config,
+        rank0_print=rank0_print,
+        skip_mirrored_data=data_args.skip_mirrored_data,
+        policy_class=head_args.policy_head_type,
+        stats_dir_l=task_config["stats_dir"],
+        sample_weights=task_config["sample_weights"],
+        train_ratio=task_config["train_ratio"],
+        llava_pythia_process=vla_process,
+        seed=training_args.seed,
+        state_dim=head_args.state_dim,
+        action_dim=head_args.action_dim,
+    )
+    if training_args.should_save:
+        rank0_print(f"prepare: dataset statistics -> {stats.save(training_args.output_dir)}")
+    return {
+        "train_dataset": train_dataset,
+        "val_dataset": val_dataset,
+        "model": model,
+        "sampler_params": sampler_params,
+        "tokenizer": tokenizer,
+        "processor": processor,
+        "norm_stats": stats,
+    }
+
+
+def main(
+    all_config: dict[str, Any],
+    model_config: Qwen2VLAConfig,
+    callbacks: list[transformers.TrainerCallback] | None = None,
+) -> QWen2VLATrainer:
+    """Load everything the task needs and train (the reference's ``main``); ``callbacks`` go to the Trainer."""
+    return train_bc(config=all_config, callbacks=callbacks, **prepare(all_config, model_config))
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], Qwen2VLAConfig]:
+    """``parse_param`` packed as the reference's ``all_config`` dict plus the model config."""
+    model_args, data_args, training_args, head_args, model_config, bnb_args = parse_param(argv)
+    all_config = {
+        "model_args": model_args,
+        "data_args": data_args,
+        "training_args": training_args,
+        "action_head_args": head_args,
+        "bnb_model_from_pretrained_args": bnb_args,
+    }
+    return all_config, model_config
+
+
+def run(
+    argv: Sequence[str] | None = None, callbacks: list[transformers.TrainerCallback] | None = None
+) -> QWen2VLATrainer:
+    """Parse ``argv`` and train; what ``python train_vla.py ...`` does."""
+    all_config, model_config = parse_config(argv)
+    return main(all_config, model_config, callbacks=callbacks)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
