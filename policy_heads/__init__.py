@@ -12,7 +12,7 @@ from .configuration_unet import UnetDiffusionPolicyConfig
 from .modeling_outputs import DiffusionPolicyOutput
 from .modeling_scaledp import ScaleDP
 from .modeling_unet import ConditionalUnet1D
-from .pretrained_dit import load_pretrained_dit
+from .pretrained_dit import DitLoadReport, load_pretrained_dit
 
 # exist_ok: re-importing (e.g. a reloaded module in a notebook) must not fail.
 AutoConfig.register(ScaleDPPolicyConfig.model_type, ScaleDPPolicyConfig, exist_ok=True)
@@ -25,6 +25,7 @@ __all__ = [
     "SCALEDP_PRESETS",
     "ConditionalUnet1D",
     "DiffusionPolicyOutput",
+    "DitLoadReport",
     "ScaleDP",
     "ScaleDPPolicyConfig",
     "UnetDiffusionPolicyConfig",

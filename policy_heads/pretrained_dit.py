@@ -6,7 +6,8 @@ Accepted layouts:
   `policy.noise_pred_net.`; the observation embedding (`cond_obs_emb`) is dropped because stage 1 was conditioned
   on a different encoder;
 - a `.safetensors` file, or a directory written by `save_pretrained` (this project's stage-1 output, possibly
-  sharded), optionally with keys prefixed `policy_head.` (a stage-1 Trainer checkpoint of the wrapper model).
+  sharded); when keys are prefixed `policy_head.` (a checkpoint of a model holding the head, such as the
+  stage-1 wrapper's Trainer checkpoints) only those are kept.
 
 Torch files are read with `weights_only=True`: tensors and plain containers only, never arbitrary pickles.
 """
@@ -38,6 +39,12 @@ class DitLoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"loaded {len(self.loaded)}, missing {len(self.missing)} ({_summarize_keys(self.missing)}), "
+            f"unexpected {len(self.unexpected)} ({_summarize_keys(self.unexpected)}), dropped {len(self.dropped)}"
+        )
 
 
 def _index_ranges(indices: set[int]) -> str:
@@ -119,8 +126,11 @@ def read_stage1_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Ten
     else:
         raise FileNotFoundError(f"stage-1 checkpoint not found: {path}")
     for prefix in PROJECT_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+        if any(k.startswith(prefix) for k in state):
+            # A checkpoint of a model holding the head (e.g. the stage-1 wrapper with its image encoder):
+            # keep the head's tensors, drop the rest.
+            dropped = sorted(k for k in state if not k.startswith(prefix))
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, dropped
     return state, []
 
 

@@ -20,7 +20,9 @@ FLASH_ATTN=${FLASH_ATTN:-True}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
 mkdir -p "$OUTPUT"
 
-deepspeed --master_port "$MASTER_PORT" --num_gpus="$NUM_GPUS" --num_nodes=1 ./train_vla.py \
+# One node: --num_gpus. Several nodes: HOSTFILE=/path/to/hostfile (lines "host slots=8"), same script on node 0.
+if [ -n "${HOSTFILE:-}" ]; then PLACEMENT=(--hostfile "$HOSTFILE"); else PLACEMENT=(--num_gpus="$NUM_GPUS" --num_nodes=1); fi
+deepspeed --master_port "$MASTER_PORT" "${PLACEMENT[@]}" ./train_vla.py \
   --deepspeed "$ZERO" \
   --use_reasoning True \
   --lora_enable False \
