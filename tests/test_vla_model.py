@@ -245,3 +245,32 @@ def test_stock_config_is_not_a_vla_config(tiny_model_dir):
         base = Qwen2VLConfig.from_pretrained(tiny_model_dir).to_dict()
         base.pop("model_type")
         Qwen2VLAForConditionalGeneration(Qwen2VLAConfig(**base))
+
+
+# ---- loading options -------------------------------------------------------------------------------
+def test_lora_targets_only_the_chosen_parts(model):
+    from qwen2_vla.model_load_utils import lora_target_modules
+
+    vit = lora_target_modules(model, ["vit"])
+    llm = lora_target_modules(model, ["llm"])
+    head = lora_target_modules(model, ["di_head"])
+    assert vit and all(name.startswith("model.visual.") for name in vit)
+    assert llm and all(name.startswith("model.language_model.") for name in llm)
+    assert head and all(name.startswith("policy_head.") for name in head)
+    assert not any("x_embedder" in name or "cond_obs_emb" in name for name in head)
+    assert not any(name.startswith(("lm_head", "fusion")) for name in vit + llm + head)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantisation_without_cuda_is_a_clear_error(bits):
+    from qwen2_vla.model_load_utils import quantization_config
+
+    class Args:
+        double_quant, quant_type = True, "nf4"
+
+    Args.bits = bits
+    with pytest.raises(RuntimeError, match=f"--bits {bits} .*needs CUDA"):
+        quantization_config(Args(), torch.float32)
+    Args.bits = 16
+    assert quantization_config(Args(), torch.float32) is None
