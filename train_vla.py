@@ -40,9 +40,10 @@ from qwen2_vla.arguments import (
 from qwen2_vla.configuration_qwen2_vla import Qwen2VLAConfig
 from qwen2_vla.model_load_utils import load_model
 from qwen2_vla.robot_data_processor import Qwen2VLAProcess
-from qwen2_vla.trainer import QWen2VLATrainer
+from qwen2_vla.trainer import QWen2VLATrainer, resume_arg
 
 MERGED_DIR_NAME = "merged"
+EMA_DIR_NAME = "ema"
 
 
 def make_rank0_print(training_args: TrainingArguments) -> Callable[..., None]:
@@ -77,6 +78,12 @@ def build_model_config(
 ) -> Qwen2VLAConfig:
     """The VLA config: from a VLA checkpoint as saved, or a stock Qwen2-VL config plus a new policy head."""
     base = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+    if model_args.load_pretrain_dit and (training_args.load_pretrain or isinstance(base, Qwen2VLAConfig)):
+        raise ValueError(
+            "load_pretrain_dit=True would overwrite the trained policy head of the VLA checkpoint in "
+            f"model_name_or_path ({model_args.model_name_or_path}, load_pretrain={training_args.load_pretrain}); "
+            "stage-1 weights belong to stage 2 only"
+        )
     if isinstance(base, Qwen2VLAConfig):
         _check_checkpoint_head(base, data_args, head_args)
         if base.using_film != model_args.using_film:
@@ -157,17 +164,6 @@ def collator_dtype(training_args: TrainingArguments) -> torch.dtype | None:
     return None
 
 
-def resume_arg(value: str | bool | None) -> str | bool | None:
-    """``--resume_from_checkpoint`` as the Trainer takes it: a path, True (the last checkpoint-N) or None."""
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("true", "last"):
-            return True
-        if lowered in ("", "false", "none"):
-            return None
-    return value or None
-
-
 def build_trainer(
     config: dict[str, Any],
     train_dataset: torch.utils.data.Dataset,
@@ -221,7 +217,25 @@ def train_bc(
     if training_args.lora_enable:
         merged = trainer.save_merged_model(os.path.join(training_args.output_dir, MERGED_DIR_NAME))
         rank0_print(f"train_bc: merged LoRA model -> {merged}")
+    elif trainer.ema is not None and trainer.ema.shadow:
+        ema_dir = os.path.join(training_args.output_dir, EMA_DIR_NAME)
+        save_ema_model(trainer, ema_dir)
+        rank0_print(f"train_bc: EMA model -> {ema_dir}")
     return trainer
+
+
+def save_ema_model(trainer: QWen2VLATrainer, output_dir: str) -> None:
+    """Save a self-contained model with the EMA weights swapped in, then restore the trained weights."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    params = dict(model.named_parameters())
+    trained = {name: params[name].detach().clone() for name in trainer.ema.shadow}
+    trainer.ema.copy_to(model)
+    try:
+        trainer.save_model(output_dir)
+    finally:
+        with torch.no_grad():
+            for name, value in trained.items():
+                params[name].copy_(value)
 
 
 def prepare(

@@ -37,6 +37,12 @@ TASK_CONFIGS: dict[str, dict[str, Any]] = {
         "episode_len": 50,
         "camera_names": ALOHA_CAMERAS,
     },
+    # Scripted gym-aloha transfer-cube demonstrations: `scripts/record_sim_episodes.py --task transfer_cube`.
+    "sim_transfer_cube_scripted": {
+        "dataset_dir": [str(ARTIFACTS_DIR / "sim_transfer_cube_scripted")],
+        "episode_len": 400,
+        "camera_names": ["top", "left_wrist", "right_wrist"],
+    },
     # Template for a real ALOHA task: point dataset_dir at your recorded episodes.
     "folding_shirt": {
         "dataset_dir": ["data/aloha/folding_shirt"],

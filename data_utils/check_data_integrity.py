@@ -83,19 +83,24 @@ def check_episode(
             bad(QPOS_KEY, f"shape {_shape(str(length), state_dim)}", f"shape {qpos.shape}")
         if QVEL_KEY in root and root[QVEL_KEY].shape[0] != length:
             bad(QVEL_KEY, f"{length} steps (as {ACTION_KEY})", f"shape {root[QVEL_KEY].shape}")
-        for key in (ACTION_KEY, QPOS_KEY):
+        for key in (ACTION_KEY, QPOS_KEY, QVEL_KEY):
+            if key not in root:
+                continue
             values = root[key][()]
             if not np.issubdtype(values.dtype, np.number):
                 bad(key, "numeric values", f"dtype {values.dtype}")
             elif not np.all(np.isfinite(values)):
                 count = int(np.size(values) - np.isfinite(values).sum())
                 bad(key, "finite values", f"{count} NaN/inf value(s)")
-        if LANGUAGE_KEY in root and root[LANGUAGE_KEY].shape[:1] != (1,):
+        if LANGUAGE_KEY not in root:
+            bad(LANGUAGE_KEY, "the instruction, shape (1,)", "nothing")
+        elif root[LANGUAGE_KEY].shape != (1,):
             bad(LANGUAGE_KEY, "shape (1,)", f"shape {root[LANGUAGE_KEY].shape}")
         if REASONING_KEY in root and root[REASONING_KEY].shape[0] != length:
             bad(REASONING_KEY, f"shape ({length},)", f"shape {root[REASONING_KEY].shape}")
 
         compressed = is_compressed(root)
+        frame_shapes: dict[str, tuple[int, ...]] = {}
         for camera in camera_names:
             key = f"{IMAGES_GROUP}/{camera}"
             if key not in root:
@@ -108,6 +113,12 @@ def check_episode(
                 bad(key, "dtype uint8", f"dtype {images.dtype}")
             if not compressed and (images.ndim != 4 or images.shape[-1] != 3):
                 bad(key, "shape (T, H, W, 3)", f"shape {images.shape}")
+            elif not compressed:
+                # The cameras of one step are stacked into one tensor: they must share a resolution.
+                first = next(iter(frame_shapes.items()), None)
+                frame_shapes[camera] = tuple(images.shape[1:3])
+                if first is not None and first[1] != frame_shapes[camera]:
+                    bad(key, f"frames of {first[1]} (as camera '{first[0]}')", f"{frame_shapes[camera]}")
             if check_images and not problems:
                 for t in (0, length - 1) if not compressed else range(length):
                     try:
@@ -127,11 +138,19 @@ def check_episodes(
     state_dim: int | None = None,
     action_dim: int | None = None,
     check_images: bool = True,
+    require_reasoning: bool = False,
 ) -> list[str]:
-    """Problems of all ``paths``; dims default to the first good episode's so files must agree."""
+    """Problems of all ``paths``; dims default to the first good episode's so files must agree.
+
+    ``require_reasoning``: training supervises the sub-step reasoning, so every episode needs it.
+    """
     problems: list[str] = []
     for path in paths:
         found = check_episode(path, camera_names, state_dim, action_dim, check_images)
+        if require_reasoning and not found:
+            with h5py.File(path, "r") as root:
+                if REASONING_KEY not in root:
+                    found.append(f"{path}: key '{REASONING_KEY}': expected (T,) strings (use_reasoning=True), found nothing")
         problems.extend(found)
         if not found and (state_dim is None or action_dim is None):
             with h5py.File(path, "r") as root:

@@ -28,7 +28,8 @@ class Qwen2VLADataCollatorForSupervisedDataset:
 
     Args:
         multimodal_processor: unused beyond bookkeeping; kept for the reference's signature.
-        computed_type: dtype for ``pixel_values``/``states``/``actions`` (``None`` keeps float32).
+        computed_type: dtype for ``pixel_values`` and ``states`` (``None`` keeps float32); target
+            actions stay float32.
         tokenizer: provides ``pad_token_id``.
     """
 
@@ -55,7 +56,8 @@ class Qwen2VLADataCollatorForSupervisedDataset:
         for source, target in (("state", "states"), ("action", "actions"), ("is_pad", "is_pad")):
             if source in instances[0]:
                 stacked = torch.stack([torch.as_tensor(x[source]) for x in instances])
-                batch[target] = stacked if source == "is_pad" else self._cast(stacked)
+                # Targets stay float32: the head computes its loss in float32, bf16 would quantise them.
+                batch[target] = self._cast(stacked) if source == "state" else stacked
         return batch
 
     def _cast(self, tensor: torch.Tensor) -> torch.Tensor:

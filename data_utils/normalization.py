@@ -50,10 +50,13 @@ class NormStats:
             if value.ndim != 1:
                 raise ValueError(f"NormStats.{name} must be 1-D, got shape {value.shape}")
             setattr(self, name, value)
-        if not (len(self.action_mean) == len(self.action_std) == len(self.action_min) == len(self.action_max)):
-            raise ValueError("NormStats action_mean/action_std/action_min/action_max must have the same length")
+        action_lengths = [len(getattr(self, n)) for n in _ARRAY_FIELDS[:4]]
+        if len(set(action_lengths)) != 1:
+            raise ValueError(f"NormStats {list(_ARRAY_FIELDS[:4])} must have one length, found {action_lengths}")
         if len(self.qpos_mean) != len(self.qpos_std):
-            raise ValueError("NormStats qpos_mean and qpos_std must have the same length")
+            raise ValueError(
+                f"NormStats qpos_mean and qpos_std must have one length, found {len(self.qpos_mean)}, {len(self.qpos_std)}"
+            )
 
     @property
     def action_dim(self) -> int:

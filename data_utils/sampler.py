@@ -23,6 +23,9 @@ class EpisodeSampler(torch.utils.data.Sampler[int]):
         episode_first: sample episodes uniformly before steps.
         num_samples: draws per epoch (default: total number of steps).
         seed: base seed.
+        dataset: optional dataset whose ``set_epoch`` is called with the sampler's: under several
+            processes accelerate sets the epoch on the sampler only, and the augmentation draws
+            of ``EpisodicDataset`` depend on it.
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class EpisodeSampler(torch.utils.data.Sampler[int]):
         episode_first: bool = False,
         num_samples: int | None = None,
         seed: int = 0,
+        dataset: torch.utils.data.Dataset | None = None,
     ) -> None:
         self.episode_len_l = [np.asarray(lens, dtype=np.int64) for lens in episode_len_l]
         steps = np.array([lens.sum() for lens in self.episode_len_l], dtype=np.float64)
@@ -53,6 +57,7 @@ class EpisodeSampler(torch.utils.data.Sampler[int]):
         self.num_samples = int(num_samples) if num_samples is not None else int(steps.sum())
         self.seed = seed
         self.epoch = 0
+        self.dataset = dataset
         # Global offsets: datasets are laid out one after another, episodes within each.
         self._episode_offsets = []
         offset = 0
@@ -63,6 +68,8 @@ class EpisodeSampler(torch.utils.data.Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.dataset is not None and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self.num_samples

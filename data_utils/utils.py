@@ -114,7 +114,12 @@ def load_data(
     )
 
     problems = check_episodes(
-        sorted(set(dataset_path_list) | set(stats_path_list)), camera_names, state_dim, action_dim, check_images=False
+        sorted(set(dataset_path_list) | set(stats_path_list)),
+        camera_names,
+        state_dim,
+        action_dim,
+        check_images=False,
+        require_reasoning=use_reasoning and llava_pythia_process is not None,
     )
     if problems:
         raise DataIntegrityError(problems)

@@ -103,11 +103,13 @@ class DiffusionPolicyMixin:
 
         # `noise_samples` draws per sample share the sample's timestep, as in the reference.
         noise = torch.randn(
-            (draws * batch, *actions.shape[1:]), generator=generator, device=device, dtype=torch.float32
-        )
+            (draws * batch, *actions.shape[1:]), generator=generator, device=_rng_device(generator, device),
+            dtype=torch.float32,
+        ).to(device)
         timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device
-        ).repeat(draws)
+            0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=generator,
+            device=_rng_device(generator, device),
+        ).to(device).repeat(draws)
         noisy = add_noise_fp32(self.noise_scheduler, _tile(actions, draws), noise, timesteps)
         noise_pred = self.model_forward(noisy, timesteps, _tile(hidden_states, draws), _tile(states, draws))
         return masked_noise_mse(noise_pred, noise, _tile(is_pad, draws))
@@ -120,17 +122,25 @@ class DiffusionPolicyMixin:
         generator: torch.Generator | None = None,
         num_inference_timesteps: int | None = None,
     ) -> torch.Tensor:
-        """DDIM sampling from Gaussian noise: `(B, prediction_horizon, action_dim)` in `hidden_states.dtype`."""
+        """DDIM sampling from Gaussian noise: `(B, prediction_horizon, action_dim)` float32 on the condition's device."""
         cfg = self.config
         batch = pool_condition(hidden_states).shape[0]
         shape = (batch, cfg.prediction_horizon, cfg.action_dim)
         # The running sample stays float32; the network sees it in its own dtype inside `model_forward`.
-        sample = torch.randn(shape, generator=generator, device=hidden_states.device, dtype=torch.float32)
+        device = hidden_states.device
+        sample = torch.randn(shape, generator=generator, device=_rng_device(generator, device), dtype=torch.float32)
+        sample = sample.to(device)
         self.noise_scheduler.set_timesteps(num_inference_timesteps or cfg.num_inference_timesteps)
         for t in self.noise_scheduler.timesteps:
             noise_pred = self.model_forward(sample, t, hidden_states, states)
             sample = ddim_step_fp32(self.noise_scheduler, noise_pred, t, sample)
-        return sample.to(hidden_states.dtype)
+        # float32 out: bf16 would quantise the actions (steps of ~0.008 near +-1) for no saving.
+        return sample
+
+
+def _rng_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Draw where the generator lives (a CPU generator may drive a CUDA model), else on ``device``."""
+    return generator.device if generator is not None else device
 
 
 def expand_timesteps(t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:

@@ -52,7 +52,8 @@ class ConditionalResidualBlock1D(nn.Module):
         """`x` `(B, C_in, T)`, `cond` `(B, cond_dim)` -> `(B, C_out, T)`."""
         out = self.blocks[0](x)
         scale, shift = self.cond_encoder(cond).unsqueeze(-1).chunk(2, dim=1)
-        out = self.blocks[1](out * (1 + scale) + shift)
+        # Chi's (and the reference's) FiLM form, so stage-1 UNet weights mean the same thing here.
+        out = self.blocks[1](scale * out + shift)
         return out + self.residual_conv(x)
 
 

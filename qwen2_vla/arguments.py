@@ -132,8 +132,10 @@ class DataArguments:
     def __post_init__(self) -> None:
         if self.chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
-        if self.history_images_length < 1:
-            raise ValueError(f"history_images_length must be >= 1, got {self.history_images_length}")
+        if self.history_images_length != 1:
+            raise ValueError(
+                f"history_images_length={self.history_images_length}: only the current frame (1) is supported"
+            )
         for name in ("image_size_stable", "image_size_wrist"):
             try:
                 parse_image_size(getattr(self, name))
@@ -243,6 +245,13 @@ class TrainingArguments(transformers.TrainingArguments):
             )
         if self.bits not in QUANT_BITS:
             raise ValueError(f"bits={self.bits} is not one of {list(QUANT_BITS)}")
+        if self.bits in (4, 8) and not self.lora_enable:
+            raise ValueError(f"bits={self.bits} quantises frozen weights: it needs lora_enable=True to train anything")
+        if self.lora_weight_path:
+            raise ValueError(
+                f"lora_weight_path={self.lora_weight_path!r} is not supported: pass the LoRA checkpoint as "
+                "--model_name_or_path (it is merged onto its base model) instead"
+            )
         if self.quant_type not in QUANT_TYPES:
             raise ValueError(f"quant_type={self.quant_type!r} is not one of {list(QUANT_TYPES)}")
         if self.llm_loss_weight < 0:

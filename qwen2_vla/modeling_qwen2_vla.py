@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModel, Qwen2VLForConditionalGeneration
+from transformers import AutoModel, PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from qwen2_vla.configuration_qwen2_vla import Qwen2VLAConfig
-from qwen2_vla.fusion import ReasoningFusion, ZeroInitLinear, split_prompt_answer
+from qwen2_vla.fusion import ReasoningFusion, ZeroInitLinear, masked_mean, split_prompt_answer
 
 IGNORE_INDEX = -100
 
@@ -87,9 +87,13 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
     def action_condition(
         self, hidden_states: torch.Tensor, prompt_mask: torch.Tensor, answer_mask: torch.Tensor
     ) -> torch.Tensor:
-        """The policy head's condition: ``(B, 1, H)`` through FiLM, else all hidden states ``(B, L, H)``."""
+        """The policy head's condition ``(B, 1, H)``: FiLM fusion, or without it the mean hidden state.
+
+        Without FiLM the reference handed all ``(B, L, H)`` states to the head, which averaged them
+        padding included, so a sample's condition depended on its batch; here padding is left out.
+        """
         if self.fusion is None:
-            return hidden_states
+            return masked_mean(hidden_states, prompt_mask | answer_mask).unsqueeze(1)
         return self.fusion(hidden_states, prompt_mask, answer_mask)
 
     def film_forward(
@@ -152,9 +156,10 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
         mm_token_type_ids: torch.Tensor | None = None,
         max_new_tokens: int = 64,
         generate_reasoning: bool = True,
-        tokenizer=None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         generator: torch.Generator | None = None,
         num_inference_timesteps: int | None = None,
+        answer_ids: torch.LongTensor | None = None,
     ) -> Qwen2VLAActionOutput:
         """Sample action chunks for a (left-padded) batch of prompts.
 
@@ -166,15 +171,28 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
             max_new_tokens: budget for the reasoning; ``generate_reasoning=False`` skips generation.
             tokenizer: when given, the generated reasoning is decoded into ``reasoning``.
             generator: random source of the DDIM noise.
+            answer_ids: ``(G,)`` fixed answer appended instead of generating (e.g. the ids of
+                ``"<|im_end|>"`` for a model trained without reasoning), so the fusion sees an
+                answer span as in training; ignored when generating.
 
         Returns:
             ``Qwen2VLAActionOutput`` with ``actions (B, chunk, action_dim)``.
         """
-        image_kwargs = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
-        if mm_token_type_ids is None:
-            mm_token_type_ids = torch.zeros_like(input_ids)
+        if pixel_values is not None and mm_token_type_ids is None:
+            raise ValueError("pixel_values were given without mm_token_type_ids: pass the processor's output as is")
+        device = self.device
+        input_ids, attention_mask, states = input_ids.to(device), attention_mask.to(device), states.to(device)
+        mm_token_type_ids = torch.zeros_like(input_ids) if mm_token_type_ids is None else mm_token_type_ids.to(device)
+        image_kwargs = {
+            "pixel_values": None if pixel_values is None else pixel_values.to(device, self.dtype),
+            "image_grid_thw": None if image_grid_thw is None else image_grid_thw.to(device),
+        }
         prompt_len = input_ids.shape[1]
         sequences, full_mask = input_ids, attention_mask
+        if not (generate_reasoning and max_new_tokens > 0) and answer_ids is not None:
+            fixed = answer_ids.to(device).reshape(1, -1).expand(input_ids.shape[0], -1)
+            sequences = torch.cat([input_ids, fixed], dim=1)
+            full_mask = torch.cat([attention_mask, torch.ones_like(fixed, dtype=attention_mask.dtype)], dim=1)
         if generate_reasoning and max_new_tokens > 0:
             eos_ids = self.generation_config.eos_token_id
             pad_id = self.generation_config.pad_token_id

@@ -78,7 +78,62 @@ def _is_peft_model(model: nn.Module) -> bool:
     return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
 
 
-class QWen2VLATrainer(Trainer):
+class AtomicCheckpointMixin:
+    """``Trainer`` (5.x) writes ``checkpoint-N`` in place; this stages it in a hidden sibling
+    directory and renames it once every process is done, so a crash never leaves a half-written
+    ``checkpoint-N`` for ``--resume_from_checkpoint True`` to pick up. Mix in before ``Trainer``.
+    """
+
+    _staging_run_dir: str | None = None  # set while _save_checkpoint writes into the staging directory
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
+        final_dir = os.path.join(run_dir, name)
+        if self.args.should_save and os.path.isdir(staging_root):
+            shutil.rmtree(staging_root)  # left over by a crashed save
+        self.accelerator.wait_for_everyone()
+        self._staging_run_dir = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_run_dir = None
+        # Every process wrote its part (RNG state, ZeRO shards) into the staging directory.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if os.path.isdir(final_dir):
+                shutil.rmtree(final_dir)  # same step saved again (e.g. a rerun into the same output_dir)
+            os.replace(os.path.join(staging_root, name), final_dir)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            best = self.state.best_model_checkpoint
+            if best is not None and best.startswith(staging_root):
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_run_dir if self._staging_run_dir is not None else super()._get_output_dir(trial)
+
+
+
+def resume_arg(value: str | bool | None) -> str | bool | None:
+    """``--resume_from_checkpoint`` as the Trainer takes it: a path, True (the last checkpoint-N) or None."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "last"):
+            return True
+        if lowered in ("", "false", "none"):
+            return None
+    return value or None
+
+
+class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
     """Trainer for ``Qwen2VLAForConditionalGeneration``.
 
     Args:
@@ -106,7 +161,6 @@ class QWen2VLATrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_counts: dict[str, int] = {}
-        self._staging_run_dir: str | None = None  # set while _save_checkpoint writes into the staging directory
         logging_dir = getattr(self.args, "logging_dir", None)
         if logging_dir:
             # transformers 5 dropped TrainingArguments.logging_dir; its TensorBoard callback reads this attribute.
@@ -160,13 +214,14 @@ class QWen2VLATrainer(Trainer):
             return super()._get_train_sampler(train_dataset)
         params = self.sampler_params["train"]
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
         sampler = EpisodeSampler(
             episode_len_l=params["episode_len_l"],
             sample_weights=params.get("sample_weights"),
             episode_first=params.get("episode_first", False),
             seed=seed,
+            dataset=dataset,
         )
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
         if dataset is not None and len(sampler) != len(dataset):
             raise ValueError(
                 f"sampler_params['train'] describes {len(sampler)} steps but the train dataset has {len(dataset)}; "
@@ -254,40 +309,6 @@ class QWen2VLATrainer(Trainer):
         if self.ema is not None and self.ema.shadow:
             self.ema.save(output_dir)
 
-    def _save_checkpoint(self, model: nn.Module, trial) -> None:
-        run_dir = self._get_output_dir(trial=trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
-        final_dir = os.path.join(run_dir, name)
-        if self.args.should_save and os.path.isdir(staging_root):
-            shutil.rmtree(staging_root)  # left over by a crashed save
-        self.accelerator.wait_for_everyone()
-        self._staging_run_dir = staging_root
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging_run_dir = None
-        # Every process wrote its part (RNG state, ZeRO shards) into the staging directory.
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            if os.path.isdir(final_dir):
-                shutil.rmtree(final_dir)  # same step saved again (e.g. a rerun into the same output_dir)
-            os.replace(os.path.join(staging_root, name), final_dir)
-            shutil.rmtree(staging_root, ignore_errors=True)
-            best = self.state.best_model_checkpoint
-            if best is not None and best.startswith(staging_root):
-                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
-        self.accelerator.wait_for_everyone()
-
-    def _get_output_dir(self, trial) -> str:
-        return self._staging_run_dir if self._staging_run_dir is not None else super()._get_output_dir(trial)
-
     def save_merged_model(self, output_dir: str) -> str | None:
         """Merge the LoRA weights into the base model and save a plain, self-contained VLA at ``output_dir``.
 
@@ -315,4 +336,4 @@ class QWen2VLATrainer(Trainer):
         return output_dir
 
 
-__all__ = ["NON_LORA_MODULES", "QWen2VLATrainer", "non_lora_module_keywords"]
+__all__ = ["NON_LORA_MODULES", "AtomicCheckpointMixin", "QWen2VLATrainer", "non_lora_module_keywords", "resume_arg"]

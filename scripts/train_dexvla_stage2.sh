@@ -10,7 +10,13 @@ NUM_GPUS=${NUM_GPUS:-8}
 MASTER_PORT=${MASTER_PORT:-29604}
 ACTION_HEAD=${ACTION_HEAD:-scale_dp_policy}   # scale_dp_policy or unet_diffusion_policy
 HEAD_SIZE=${HEAD_SIZE:-ScaleDP_H}
-DIT_PRETRAIN=${DIT_PRETRAIN:?set DIT_PRETRAIN to the stage-1 ScaleDP weights}
+# ScaleDP takes a size preset and starts from stage-1 weights; the UNet head has neither.
+if [ "$ACTION_HEAD" = scale_dp_policy ]; then
+  DIT_PRETRAIN=${DIT_PRETRAIN:?set DIT_PRETRAIN to the stage-1 ScaleDP weights}
+  HEAD_ARGS=(--policy_head_size "$HEAD_SIZE" --load_pretrain_dit True --pretrain_dit_path "$DIT_PRETRAIN")
+else
+  HEAD_ARGS=()
+fi
 MNOP=${MNOP:?set MNOP to the official Qwen2-VL-2B-Instruct directory}
 TASKNAME=${TASKNAME:-example_tasks}
 OUTPUT=${OUTPUT:?set OUTPUT to the output directory}
@@ -30,10 +36,8 @@ deepspeed --master_port "$MASTER_PORT" "${PLACEMENT[@]}" ./train_vla.py \
   --state_dim 14 \
   --flash_attn "$FLASH_ATTN" \
   --chunk_size 50 \
-  --load_pretrain_dit True \
-  --pretrain_dit_path "$DIT_PRETRAIN" \
   --policy_head_type "$ACTION_HEAD" \
-  --policy_head_size "$HEAD_SIZE" \
+  "${HEAD_ARGS[@]}" \
   --image_size_stable "(320,240)" \
   --image_size_wrist "(320,240)" \
   --task_name "$TASKNAME" \

@@ -10,6 +10,8 @@ NUM_GPUS=${NUM_GPUS:-8}
 MASTER_PORT=${MASTER_PORT:-29604}
 ACTION_HEAD=${ACTION_HEAD:-scale_dp_policy}
 HEAD_SIZE=${HEAD_SIZE:-ScaleDP_H}
+HEAD_ARGS=()
+[ "$ACTION_HEAD" = scale_dp_policy ] && HEAD_ARGS=(--policy_head_size "$HEAD_SIZE")
 MNOP=${MNOP:?set MNOP to the stage-2 DexVLA checkpoint}
 TASKNAME=${TASKNAME:-example_tasks}
 OUTPUT=${OUTPUT:?set OUTPUT to the output directory}
@@ -34,7 +36,7 @@ deepspeed --master_port "$MASTER_PORT" "${PLACEMENT[@]}" ./train_vla.py \
   --using_film True \
   --using_ema False \
   --policy_head_type "$ACTION_HEAD" \
-  --policy_head_size "$HEAD_SIZE" \
+  "${HEAD_ARGS[@]}" \
   --image_size_stable "(320,240)" \
   --image_size_wrist "(320,240)" \
   --episode_first False \

@@ -39,6 +39,7 @@ from data_utils.image_utils import parse_image_size  # noqa: E402
 from data_utils.sampler import EpisodeSampler  # noqa: E402
 from data_utils.utils import load_data  # noqa: E402
 from policy_heads import SCALEDP_PRESETS, DiffusionPolicyOutput, build_policy_head_config  # noqa: E402
+from qwen2_vla.trainer import AtomicCheckpointMixin, resume_arg  # noqa: E402
 
 HEAD_DIR_NAME = "policy_head"
 
@@ -184,7 +185,7 @@ def collate_stage1(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]
     }
 
 
-class Stage1Trainer(Trainer):
+class Stage1Trainer(AtomicCheckpointMixin, Trainer):
     """`Trainer` drawing training steps with the project's `EpisodeSampler` (dataset weights, episode-first)."""
 
     def __init__(self, *args: Any, sampler_params: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> None:
@@ -200,6 +201,7 @@ class Stage1Trainer(Trainer):
             sample_weights=params.get("sample_weights"),
             episode_first=params.get("episode_first", False),
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            dataset=train_dataset if train_dataset is not None else self.train_dataset,
         )
 
 
@@ -264,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         data_collator=collate_stage1,
         sampler_params=sampler_params,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_arg(training_args.resume_from_checkpoint))
 
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))  # the wrapper; gathers sharded (ZeRO-3) weights

@@ -110,10 +110,18 @@ def test_streamed_stats_match_full_computation(episodes_dir):
     np.testing.assert_allclose(stats.qpos_mean, qpos.mean(0), rtol=1e-5, atol=1e-6)
 
 
-def test_std_floor_applies_to_constant_dimension():
+def test_std_floor_applies_to_constant_dimension(tmp_path):
     running = RunningStats()
     running.update(np.ones((10, 3)))
     assert np.allclose(running.std, 0.0) and np.allclose(running.mean, 1.0)
+    make_example_episodes(tmp_path, num_episodes=2, episode_len=10, height=28, width=28)
+    for path in find_all_hdf5(tmp_path):
+        with h5py.File(path, "r+") as root:
+            root["/action"][:, 2] = 0.5
+            root["/observations/qpos"][:, 4] = -0.25
+    stats, _ = get_norm_stats(find_all_hdf5(tmp_path))
+    assert stats.action_std[2] == np.float32(1e-2) and stats.qpos_std[4] == np.float32(1e-2)
+    assert stats.action_std[0] > 1e-2
 
 
 def test_delta_control_stats_are_those_of_the_deltas(episodes_dir):
@@ -279,6 +287,17 @@ def test_sampler_honours_weights_and_episode_first():
     assert not np.array_equal(np.array(list(again)), episode_uniform)
 
 
+def test_epoch_reaches_the_dataset_under_multi_process_sharding(episodes_dir):
+    from accelerate.data_loader import BatchSamplerShard, DataLoaderShard
+
+    train, *_ = _load(episodes_dir, policy_class="scale_dp_policy")
+    sampler = EpisodeSampler([train.episode_len], dataset=train)
+    shard = BatchSamplerShard(torch.utils.data.BatchSampler(sampler, 2, False), num_processes=2, process_index=0)
+    loader = DataLoaderShard(train, batch_sampler=shard, collate_fn=lambda items: items)
+    loader.set_epoch(3)  # what the Trainer calls each epoch
+    assert sampler.epoch == 3 and train.epoch == 3
+
+
 def test_sampler_params_from_load_data(episodes_dir):
     class DataArgs:
         episode_first = True
@@ -357,3 +376,22 @@ def test_dataset_rejects_mismatched_delta_control(episodes_dir):
     train, _, stats, _ = _load(episodes_dir)
     with pytest.raises(ValueError, match="delta_control=True but the statistics"):
         EpisodicDataset(train.dataset_path_list, CAMERAS, stats, [0], [30], 8, delta_control=True)
+
+
+def test_missing_reasoning_is_an_error_only_when_supervised(tmp_path):
+    make_example_episodes(tmp_path, num_episodes=1, episode_len=10, height=28, width=28)
+    with h5py.File(tmp_path / "episode_0.hdf5", "r+") as root:
+        del root["/substep_reasonings"]
+
+    class Process:
+        def forward_process(self, sample, use_reasoning=True):
+            return sample
+
+    class DataArgs:
+        use_reasoning = True
+
+    with pytest.raises(DataIntegrityError, match=r"episode_0.hdf5: key '/substep_reasonings'"):
+        _load(tmp_path, llava_pythia_process=Process(), config={"data_args": DataArgs()})
+    DataArgs.use_reasoning = False
+    train, *_ = _load(tmp_path, llava_pythia_process=Process(), config={"data_args": DataArgs()})
+    assert train[0]["reasoning"] == ""

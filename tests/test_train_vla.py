@@ -103,13 +103,10 @@ def _parser() -> transformers.HfArgumentParser:
     return transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, ActionHeadArguments))
 
 
-@pytest.mark.parametrize(
-    "script", ["train_dexvla_stage2.sh", "train_dexvla_stage3.sh", "train_divla.sh"], ids=lambda s: s[:-3]
-)
-def test_reference_scripts_parse(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each GPU script, run with a fake `deepspeed` launcher, passes flags train_vla.py accepts."""
+def _script_argv(script: str, tmp_path: Path, **extra_env: str) -> list[str]:
+    """Run a GPU script with a fake `deepspeed` launcher; return the arguments it gives train_vla.py."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "deepspeed"
     fake.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
@@ -119,6 +116,7 @@ def test_reference_scripts_parse(script: str, tmp_path: Path, monkeypatch: pytes
         "MNOP": "/path/to/model",
         "DIT_PRETRAIN": "/path/to/dit.ckpt",
         "OUTPUT": str(tmp_path / "out"),
+        **extra_env,
     }
     done = subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / script), "--use_cpu", "True"],
@@ -128,7 +126,24 @@ def test_reference_scripts_parse(script: str, tmp_path: Path, monkeypatch: pytes
         check=True,
     )
     launched = json.loads(done.stdout.strip().splitlines()[-1])
-    argv = launched[launched.index("./train_vla.py") + 1 :]
+    return launched[launched.index("./train_vla.py") + 1 :]
+
+
+@pytest.mark.parametrize("script", ["train_dexvla_stage2.sh", "train_dexvla_stage3.sh"])
+def test_reference_scripts_accept_the_unet_head(script: str, tmp_path: Path, monkeypatch) -> None:
+    argv = _script_argv(script, tmp_path, ACTION_HEAD="unet_diffusion_policy")
+    monkeypatch.chdir(REPO_ROOT)
+    model_args, _, _, head_args = _parser().parse_args_into_dataclasses(args=argv)
+    assert head_args.policy_head_type == "unet_diffusion_policy" and head_args.policy_head_size is None
+    assert not model_args.load_pretrain_dit
+
+
+@pytest.mark.parametrize(
+    "script", ["train_dexvla_stage2.sh", "train_dexvla_stage3.sh", "train_divla.sh"], ids=lambda s: s[:-3]
+)
+def test_reference_scripts_parse(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each GPU script, run with a fake `deepspeed` launcher, passes flags train_vla.py accepts."""
+    argv = _script_argv(script, tmp_path)
     monkeypatch.chdir(REPO_ROOT)  # --deepspeed scripts/zero2.json is relative to the repository
     model_args, data_args, training_args, head_args = _parser().parse_args_into_dataclasses(args=argv)
     assert model_args.model_name_or_path == "/path/to/model"
@@ -170,6 +185,9 @@ def test_reference_scripts_parse(script: str, tmp_path: Path, monkeypatch: pytes
         (TrainingArguments, {"lora_enable": True}, ["lora_enable", "freeze_backbone", "freeze_vision_tower"]),
         (TrainingArguments, {"warmup_ratio": 0.1, "warmup_steps": 5}, ["warmup_ratio", "warmup_steps"]),
         (TrainingArguments, {"bits": 3}, ["bits"]),
+        (TrainingArguments, {"bits": 4}, ["bits", "lora_enable"]),
+        (TrainingArguments, {"lora_weight_path": "/x"}, ["lora_weight_path"]),
+        (DataArguments, {"history_images_length": 2}, ["history_images_length"]),
         (TrainingArguments, {"using_ema": True, "ema_decay": 1.5}, ["using_ema", "ema_decay"]),
     ],
 )
@@ -210,6 +228,10 @@ def test_parse_param_stock_model_and_checkpoint(tiny_model_dir: Path, tmp_path: 
         train_vla.parse_param(tiny_argv(checkpoint, tmp_path / "c", chunk_size=16))
     with pytest.raises(ValueError, match="load_pretrain"):
         train_vla.parse_param(tiny_argv(tiny_model_dir, tmp_path / "d", load_pretrain=True))
+    with pytest.raises(ValueError, match="load_pretrain_dit=True would overwrite the trained policy head"):
+        train_vla.parse_param(
+            tiny_argv(checkpoint, tmp_path / "e", load_pretrain_dit=True, pretrain_dit_path=str(tmp_path / "dit"))
+        )
 
 
 # ---- stage 2 -> stage 3 -> reload --------------------------------------------------------------------

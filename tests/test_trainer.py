@@ -224,6 +224,12 @@ def test_ema_weights_saved_with_checkpoint(tiny_model_dir, tiny_task, tmp_path) 
         assert f.metadata()["num_updates"] == "2"
         name = next(n for n in f.keys() if n.startswith("policy_head.x_embedder"))
         assert not torch.equal(f.get_tensor(name), trainer.model.get_parameter(name).detach())
+        ema_value = f.get_tensor(name)
+    # The run's end also leaves a loadable model with the averaged weights; training weights are restored.
+    ema_model = type(trainer.model).from_pretrained(tmp_path / "ema")
+    assert torch.equal(ema_model.get_parameter(name).detach(), ema_value)
+    assert not torch.equal(trainer.model.get_parameter(name).detach(), ema_value)
+    assert (tmp_path / "ema" / "dataset_stats.json").exists()
 
 
 def test_failed_checkpoint_save_leaves_no_checkpoint(tiny_model_dir, tiny_task, tmp_path, monkeypatch) -> None:

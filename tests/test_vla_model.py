@@ -194,7 +194,11 @@ def test_without_film_the_head_gets_hidden_states(parts, tiny_model_dir):
     assert model.fusion is None
     batch = collator([train[0], train[1]])
     hidden = torch.randn(2, 5, 64)
-    assert model.action_condition(hidden, None, None) is hidden
+    prompt = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    answer = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 1, 0]], dtype=torch.bool)
+    condition = model.action_condition(hidden, prompt, answer)
+    # The attended tokens' mean: padding (row 0 token 0, row 1 token 4) leaves no trace.
+    assert torch.allclose(condition[0, 0], hidden[0, 1:].mean(0)) and torch.allclose(condition[1, 0], hidden[1, :4].mean(0))
     assert torch.isfinite(model(**batch).loss)
 
 
@@ -238,6 +242,13 @@ def test_predict_action_shapes_and_reasoning(parts, model, batch_size):
         prompts["mm_token_type_ids"], generate_reasoning=False,
     )
     assert skipped.actions.shape == (batch_size, CHUNK, 14) and not skipped.answer_mask.any()
+    fixed = torch.tensor(tokenizer("Next action:<|im_end|>", add_special_tokens=False)["input_ids"])
+    with_answer = model.predict_action(
+        prompts["input_ids"], prompts["attention_mask"], states, prompts["pixel_values"], prompts["image_grid_thw"],
+        prompts["mm_token_type_ids"], generate_reasoning=False, answer_ids=fixed,
+    )
+    assert with_answer.answer_mask.sum(1).tolist() == [len(fixed)] * batch_size
+    assert torch.equal(with_answer.sequences[0, -len(fixed):], fixed)
 
 
 def test_stock_config_is_not_a_vla_config(tiny_model_dir):
