@@ -33,7 +33,12 @@ class Qwen2VLADataCollatorForSupervisedDataset:
         tokenizer: provides ``pad_token_id``.
     """
 
-    def __init__(self, multimodal_processor=None, computed_type: torch.dtype | None = None, tokenizer=None) -> None:
+    def __init__(
+        self,
+        multimodal_processor: Any = None,
+        computed_type: torch.dtype | None = None,
+        tokenizer: Any = None,
+    ) -> None:
         if tokenizer is None or tokenizer.pad_token_id is None:
             raise ValueError("the collator needs a tokenizer with a pad_token_id")
         self.multimodal_processor = multimodal_processor

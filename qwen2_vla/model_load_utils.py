@@ -60,7 +60,7 @@ def _modules_to_save(model: nn.Module, lora_modules: list[str]) -> list[str]:
     return names
 
 
-def quantization_config(training_args: Any, compute_dtype: torch.dtype):
+def quantization_config(training_args: Any, compute_dtype: torch.dtype) -> Any | None:
     """``BitsAndBytesConfig`` for ``--bits 4/8``; a clear error where CUDA or bitsandbytes is missing."""
     if training_args.bits not in (4, 8):
         return None
@@ -145,7 +145,7 @@ def load_model(
     config: dict[str, Any],
     qwen2_vla_config: Qwen2VLAConfig,
     rank0_print: Callable[..., None] = print,
-    tokenizer=None,
+    tokenizer: Any = None,
 ) -> tuple[nn.Module, Any]:
     """Load the model a stage trains (the reference's ``ml_utils.load_model``).
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from data_utils.image_utils import parse_image_size, to_pil_images
 
@@ -43,7 +44,13 @@ class Qwen2VLAProcess:
         camera_names: camera order of ``sample["image"]``.
     """
 
-    def __init__(self, tokenizer, multimodal_processor, data_args, camera_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        multimodal_processor: ProcessorMixin,
+        data_args: Any,
+        camera_names: Sequence[str],
+    ) -> None:
         self.tokenizer = tokenizer
         self.multimodal_processor = multimodal_processor
         self.data_args = data_args

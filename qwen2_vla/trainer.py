@@ -40,6 +40,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from data_utils.normalization import NormStats
 from data_utils.sampler import EpisodeSampler
 from qwen2_vla.ema import EMACallback
+from qwen2_vla.model_load_utils import HEAD_FULLY_TRAINED
 
 # Modules that train at `non_lora_lr` in a LoRA run (the reference's list; names that don't exist
 # in this model simply match nothing).
@@ -58,8 +59,9 @@ NON_LORA_MODULES: tuple[str, ...] = (
     "channel_proj",
     "xattn",
 )
-# With LoRA on the diffusion head, only its input embeddings are non-LoRA modules.
-HEAD_NON_LORA_MODULES: tuple[str, ...] = ("x_embedder", "cond_obs_emb", "norm_after_pool")
+# With LoRA on the diffusion head, only its input embeddings are non-LoRA modules (one list, shared
+# with the loader that decides what trains).
+HEAD_NON_LORA_MODULES: tuple[str, ...] = HEAD_FULLY_TRAINED
 COMPONENT_LOSSES: tuple[str, ...] = ("llm_loss", "action_loss")
 STAGING_PREFIX = ".staging-"
 
