@@ -91,6 +91,7 @@ def build_model_config(
                 f"--using_film {model_args.using_film} but the checkpoint was trained with using_film={base.using_film}"
             )
         base.llm_loss_weight = training_args.llm_loss_weight
+        base.image_size_stable, base.image_size_wrist = data_args.image_size_stable, data_args.image_size_wrist
         return base
     if training_args.load_pretrain:
         raise ValueError(
@@ -110,7 +111,13 @@ def build_model_config(
         model_size=head_args.policy_head_size,
     )
     return Qwen2VLAConfig.from_qwen2_vl_config(
-        base, head_config, using_film=model_args.using_film, llm_loss_weight=training_args.llm_loss_weight
+        base,
+        head_config,
+        using_film=model_args.using_film,
+        llm_loss_weight=training_args.llm_loss_weight,
+        # Inference resizes as training did: the sizes travel in every checkpoint's config.json.
+        image_size_stable=data_args.image_size_stable,
+        image_size_wrist=data_args.image_size_wrist,
     )
 
 

@@ -8,6 +8,7 @@ from transformers import AutoConfig, PreTrainedConfig, Qwen2VLConfig
 from transformers.configuration_utils import SubConfigSpec
 
 import policy_heads  # noqa: F401  (registers the heads' configs with AutoConfig)
+from data_utils.image_utils import parse_image_size
 from policy_heads import POLICY_HEAD_CONFIGS
 
 # Field of each head's config that must equal the VLM hidden size.
@@ -26,6 +27,9 @@ class Qwen2VLAConfig(Qwen2VLConfig):
         using_film (`bool`, defaults to True): fuse prompt and reasoning through FiLM into one
             condition token; without it the head receives all hidden states.
         llm_loss_weight (`float`, defaults to 1.0): `loss = action_loss + llm_loss_weight * llm_loss`.
+        image_size_stable (`str`, *optional*): `"(width,height)"` the non-wrist cameras were resized to
+            in training; saved so that inference pre-processes exactly as training did.
+        image_size_wrist (`str`, *optional*): the same for wrist cameras.
     """
 
     model_type: ClassVar[str] = "qwen2_vla"
@@ -38,6 +42,8 @@ class Qwen2VLAConfig(Qwen2VLConfig):
     policy_head_config: dict | PreTrainedConfig | None = None
     using_film: bool = True
     llm_loss_weight: int | float = 1.0
+    image_size_stable: str | None = None
+    image_size_wrist: str | None = None
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
@@ -59,6 +65,11 @@ class Qwen2VLAConfig(Qwen2VLConfig):
                 )
         if self.llm_loss_weight < 0:
             raise ValueError(f"llm_loss_weight must be >= 0, got {self.llm_loss_weight}")
+        for name in ("image_size_stable", "image_size_wrist"):
+            value = getattr(self, name)
+            if value is not None:
+                width, height = parse_image_size(value)  # raises, naming the format, on bad input
+                setattr(self, name, f"({width},{height})")
 
     @classmethod
     def from_qwen2_vl_config(
