@@ -10,11 +10,12 @@ venv: $(STAMP)
 
 # Re-install only when requirements.txt changes. --no-cache-dir: a cached deepspeed wheel built
 # against another torch fails at run time with a version mismatch.
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-cache-dir -r requirements.txt
-	cp requirements.txt $(STAMP)
+	$(PY) -m pip install -q --no-cache-dir --no-deps -r requirements-nodeps.txt
+	cat requirements.txt requirements-nodeps.txt > $(STAMP)
 
 test: venv
 	$(PY) -m ruff check .

@@ -58,6 +58,7 @@ class DiffusionPolicyMixin:
         is_pad: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         num_inference_timesteps: int | None = None,
+        noise: torch.Tensor | None = None,
     ) -> DiffusionPolicyOutput:
         """Training loss when `actions` are given, otherwise sampled action chunks.
 
@@ -68,10 +69,12 @@ class DiffusionPolicyMixin:
             is_pad: `(B, T)` True for padded steps of `actions`.
             generator: random source for noise and timesteps (determinism in tests and evaluation).
             num_inference_timesteps: overrides `config.num_inference_timesteps` when sampling.
+            noise: `(B, prediction_horizon, action_dim)` initial sampling noise (instead of drawing it), so
+                each row of a batch can carry its own seeded noise: batched == one by one.
 
         Returns:
             `DiffusionPolicyOutput` with `loss` (training) or `actions` `(B, prediction_horizon, action_dim)`
-            on the device and dtype of `hidden_states` (inference).
+            float32 on the device of `hidden_states` (inference).
         """
         if hidden_states is None:
             raise ValueError("hidden_states (the condition) is required")
@@ -79,7 +82,7 @@ class DiffusionPolicyMixin:
             loss = self.compute_loss(actions, hidden_states, states, is_pad, generator=generator)
             return DiffusionPolicyOutput(loss=loss)
         sampled = self.sample(
-            hidden_states, states, generator=generator, num_inference_timesteps=num_inference_timesteps
+            hidden_states, states, generator=generator, num_inference_timesteps=num_inference_timesteps, noise=noise
         )
         return DiffusionPolicyOutput(actions=sampled)
 
@@ -121,6 +124,7 @@ class DiffusionPolicyMixin:
         states: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         num_inference_timesteps: int | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """DDIM sampling from Gaussian noise: `(B, prediction_horizon, action_dim)` float32 on the condition's device."""
         cfg = self.config
@@ -128,8 +132,13 @@ class DiffusionPolicyMixin:
         shape = (batch, cfg.prediction_horizon, cfg.action_dim)
         # The running sample stays float32; the network sees it in its own dtype inside `model_forward`.
         device = hidden_states.device
-        sample = torch.randn(shape, generator=generator, device=_rng_device(generator, device), dtype=torch.float32)
-        sample = sample.to(device)
+        if noise is not None:
+            if tuple(noise.shape) != shape:
+                raise ValueError(f"noise must have shape {shape} (B, prediction_horizon, action_dim), got {tuple(noise.shape)}")
+            sample = noise.to(device=device, dtype=torch.float32)
+        else:
+            sample = torch.randn(shape, generator=generator, device=_rng_device(generator, device), dtype=torch.float32)
+            sample = sample.to(device)
         self.noise_scheduler.set_timesteps(num_inference_timesteps or cfg.num_inference_timesteps)
         for t in self.noise_scheduler.timesteps:
             noise_pred = self.model_forward(sample, t, hidden_states, states)

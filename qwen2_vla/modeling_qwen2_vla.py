@@ -114,6 +114,14 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
         actions: torch.Tensor | None = None,
         states: torch.Tensor | None = None,
         is_pad: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: object | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict | None = None,
         **kwargs,
     ) -> Qwen2VLAOutput:
         """Without ``actions`` this is the stock language model (``generate`` uses that path).
@@ -124,12 +132,27 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
             is_pad: ``(B, T)`` true on padded steps. Other keyword arguments go to Qwen2-VL
             (``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``, ``cache``, ...).
         """
-        kwargs.update(pixel_values=pixel_values, image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids)
+        # Named (not **kwargs) because generate() inspects this signature to decide what it passes,
+        # position_ids above all: without them left-padded batches broke with the KV cache.
+        kwargs.update(
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            mm_token_type_ids=mm_token_type_ids,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
+            mm_encoder_outputs=mm_encoder_outputs,
+        )
         if actions is None:
-            out = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+            out = super().forward(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, logits_to_keep=logits_to_keep, **kwargs
+            )
             return Qwen2VLAOutput(loss=out.loss, llm_loss=out.loss, logits=out.logits, cache=out.cache)
 
-        kwargs.pop("logits_to_keep", None)  # training needs every position's logits
+        # Training needs every position's logits, so logits_to_keep does not apply here.
         backbone = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden_states = backbone.last_hidden_state
         logits = self.lm_head(hidden_states)
@@ -160,6 +183,7 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
         generator: torch.Generator | None = None,
         num_inference_timesteps: int | None = None,
         answer_ids: torch.LongTensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> Qwen2VLAActionOutput:
         """Sample action chunks for a (left-padded) batch of prompts.
 
@@ -174,6 +198,8 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
             answer_ids: ``(G,)`` fixed answer appended instead of generating (e.g. the ids of
                 ``"<|im_end|>"`` for a model trained without reasoning), so the fusion sees an
                 answer span as in training; ignored when generating.
+            noise: ``(B, chunk, action_dim)`` initial DDIM noise, one row per observation (so a batch
+                gives the same actions as its rows one by one); drawn from ``generator`` when None.
 
         Returns:
             ``Qwen2VLAActionOutput`` with ``actions (B, chunk, action_dim)``.
@@ -223,6 +249,7 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
             states=states.to(condition.dtype),
             generator=generator,
             num_inference_timesteps=num_inference_timesteps,
+            noise=noise,
         ).actions
         reasoning = None
         if tokenizer is not None:

@@ -17,3 +17,6 @@ echo "== 4. dataset statistics (task example_tasks)"
 $PY scripts/show_dataset_stats.py --task_name example_tasks --out "$ART"
 echo "== 5. train stage 2 then stage 3 (train_vla.py on CPU) -> outputs/tiny_cpu"
 bash scripts/train_tiny_cpu.sh
+echo "== 6. replay evaluation of the stage-3 checkpoint -> outputs/eval/replay (JSON + plot)"
+$PY -m evaluate.eval_dexvla --ckpt outputs/tiny_cpu/stage3 --robot replay \
+    --episodes "$ART/example_episodes/episode_0.hdf5" --out outputs/eval/replay

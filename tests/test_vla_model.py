@@ -285,3 +285,26 @@ def test_quantisation_without_cuda_is_a_clear_error(bits):
         quantization_config(Args(), torch.float32)
     Args.bits = 16
     assert quantization_config(Args(), torch.float32) is None
+
+
+def test_batched_prediction_equals_one_by_one_with_different_prompt_lengths(parts, model):
+    # Left-padded prompts of different lengths through generate() with the KV cache, then the head
+    # with per-row noise: each row must come out as it would alone.
+    tokenizer, _, process, train, collator = parts
+    raw = train.load_raw_step(0, 0)
+    prompts = [process.prompt_inputs(raw["images"], text) for text in ("pick", "move both arms to the red square now")]
+    noise = torch.randn(2, CHUNK, 14, generator=torch.Generator().manual_seed(0))
+    states = torch.randn(2, 14, generator=torch.Generator().manual_seed(1))
+
+    def run(features, rows):
+        batch = collator(features)
+        return model.predict_action(
+            batch["input_ids"], batch["attention_mask"], states[rows], batch["pixel_values"], batch["image_grid_thw"],
+            batch["mm_token_type_ids"], max_new_tokens=6, tokenizer=tokenizer, noise=noise[rows],
+        )
+
+    together = run(prompts, [0, 1])
+    for row in range(2):
+        alone = run([prompts[row]], [row])
+        assert alone.reasoning[0] == together.reasoning[row]
+        torch.testing.assert_close(alone.actions[0], together.actions[row], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,143 @@
+"""The control loop: observation -> (query the policy when the strategy asks) -> one action per step, at a fixed rate.
+
+``run_episode`` works with anything that has ``infer(obs) -> {"actions": (T, A), ...}``: a local
+``DexVLAPolicy`` or openpi's ``WebsocketClientPolicy`` talking to ``serve_policy.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from evaluate.action_strategies import ActionStrategy
+from evaluate.robots.base import Observation, Robot, StepInfo
+
+logger = logging.getLogger(__name__)
+
+
+class Policy(Protocol):
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class RateLimiter:
+    """Holds a loop at ``fps`` iterations per second; warns when an iteration overruns its budget.
+
+    ``fps`` of ``None`` or 0 disables pacing (simulation, replay). The first overrun warns at once,
+    later ones every ``warn_every`` overruns, so a slow policy is noticed without flooding the log.
+    """
+
+    def __init__(self, fps: float | None, warn: Callable[[str], None] | None = None, warn_every: int = 100) -> None:
+        self.period = 1.0 / fps if fps else 0.0
+        self.fps = fps
+        self.warn = warn or logger.warning
+        self.warn_every = warn_every
+        self.overruns = 0
+        self.worst_ms = 0.0
+        self._next: float | None = None
+
+    def start(self) -> None:
+        self._next = time.perf_counter() + self.period
+
+    def wait(self) -> None:
+        """Sleep until the next tick (the tick after ``start()`` or the previous ``wait()``)."""
+        if not self.period:
+            return
+        if self._next is None:
+            self.start()
+        now = time.perf_counter()
+        late = now - self._next
+        if late > 0:
+            self.overruns += 1
+            self.worst_ms = max(self.worst_ms, 1000.0 * (late + self.period))
+            if self.overruns == 1 or self.overruns % self.warn_every == 0:
+                self.warn(
+                    f"inference cannot keep up with --fps {self.fps:g}: a step took {1000 * (late + self.period):.1f} ms "
+                    f"(budget {1000 * self.period:.1f} ms; {self.overruns} late steps so far)"
+                )
+            self._next = now + self.period  # don't try to catch up with a burst of actions
+        else:
+            time.sleep(-late)
+            self._next += self.period
+
+
+@dataclass
+class EpisodeLog:
+    """What happened in one episode.
+
+    ``actions (N, A)`` commanded; ``queries`` ``[(t, (T, A) chunk)]``; ``reasoning`` ``[(t, text)]``;
+    ``infer_ms`` per query; ``step_ms`` per step (compute only, without the rate limiter's sleep).
+    """
+
+    actions: list[np.ndarray] = field(default_factory=list)
+    queries: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    reasoning: list[tuple[int, str]] = field(default_factory=list)
+    infer_ms: list[float] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)
+    infos: list[StepInfo] = field(default_factory=list)
+    late_steps: int = 0
+
+    @property
+    def steps(self) -> int:
+        return len(self.actions)
+
+    def timing(self) -> dict[str, float | int | None]:
+        infer, step = np.asarray(self.infer_ms), np.asarray(self.step_ms)
+        return {
+            "queries": len(infer),
+            "infer_ms_mean": float(infer.mean()) if len(infer) else None,
+            "infer_ms_p95": float(np.percentile(infer, 95)) if len(infer) else None,
+            "step_ms_mean": float(step.mean()) if len(step) else None,
+            "step_ms_max": float(step.max()) if len(step) else None,
+            "late_steps": self.late_steps,
+        }
+
+
+def run_episode(
+    policy: Policy,
+    robot: Robot,
+    strategy: ActionStrategy,
+    max_steps: int,
+    rate: RateLimiter | None = None,
+    first_obs: Observation | None = None,
+    on_step: Callable[[int, StepInfo], None] | None = None,
+) -> EpisodeLog:
+    """Run one episode of at most ``max_steps`` steps (``first_obs``: an observation ``robot.reset()`` already gave)."""
+    rate = rate or RateLimiter(None)
+    log = EpisodeLog()
+    strategy.reset()
+    obs = robot.reset() if first_obs is None else first_obs
+    late_before = rate.overruns
+    rate.start()
+    for t in range(max_steps):
+        start = time.perf_counter()
+        if strategy.needs_query(t):
+            query_start = time.perf_counter()
+            result = policy.infer(obs)
+            log.infer_ms.append(1000.0 * (time.perf_counter() - query_start))
+            chunk = np.asarray(result["actions"], dtype=np.float32)
+            strategy.add_chunk(t, chunk)
+            log.queries.append((t, chunk))
+            if result.get("reasoning"):
+                log.reasoning.append((t, str(result["reasoning"])))
+        action = strategy.action(t)
+        info = robot.step(action)
+        log.actions.append(action)
+        log.infos.append(info)
+        if on_step is not None:
+            on_step(t, info)
+        if info.done:
+            log.step_ms.append(1000.0 * (time.perf_counter() - start))
+            break
+        obs = robot.get_obs()
+        log.step_ms.append(1000.0 * (time.perf_counter() - start))
+        rate.wait()
+    log.late_steps = rate.overruns - late_before
+    return log
+
+
+__all__ = ["EpisodeLog", "Policy", "RateLimiter", "run_episode"]

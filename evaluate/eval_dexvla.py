@@ -1,0 +1,292 @@
+#!/usr/bin/env python
+"""Evaluate a DexVLA checkpoint on a robot: a recorded episode (open loop), the ALOHA simulation, or real arms.
+
+    python -m evaluate.eval_dexvla --ckpt DIR --robot replay --episodes EPISODE.hdf5 [...]
+    python -m evaluate.eval_dexvla --ckpt DIR --robot aloha_sim --task transfer_cube --num_episodes 10 [--save_video]
+    python -m evaluate.eval_dexvla --ckpt DIR --robot agilex --prompt "fold the shirt" --fps 50
+
+Actions are executed by ``--strategy chunk`` (query every ``--exec_horizon`` steps) or ``temporal_agg``
+(query every step, ACT's exponential weighting with ``--temporal_k``); the loop is held at ``--fps``
+(default: 50 on the real robot, unpaced in simulation and replay) and warns when inference cannot keep
+up. ``--warmup`` inferences run before the first episode. Results go to ``--out`` as JSON (plus a PNG per
+replayed episode and optional mp4s of simulated ones); a summary table ends the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from evaluate.action_strategies import STRATEGIES, make_strategy  # noqa: E402
+from evaluate.control_loop import RateLimiter, run_episode  # noqa: E402
+from evaluate.robots import ROBOTS, Robot  # noqa: E402
+
+logger = logging.getLogger("evaluate")
+
+
+def parse_mapping(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """``["a=b", ...]`` -> ``{"a": "b"}``."""
+    mapping = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise SystemExit(f"{flag}: expected NAME=VALUE, got {item!r}")
+        mapping[key] = value
+    return mapping
+
+
+def find_episodes(paths: Sequence[str]) -> list[Path]:
+    """Episode files from files and/or directories (searched recursively, sorted)."""
+    from data_utils.hdf5_io import find_all_hdf5
+
+    found: list[Path] = []
+    for path in paths:
+        p = Path(path)
+        found += [Path(f) for f in find_all_hdf5(p)] if p.is_dir() else [p]
+    missing = [str(p) for p in found if not p.exists()]
+    if missing:
+        raise SystemExit(f"--episodes: no such file(s): {missing}")
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="checkpoint directory (full or LoRA-merged)")
+    parser.add_argument("--robot", required=True, choices=ROBOTS)
+    parser.add_argument("--out", default=None, help="results directory (default: outputs/eval/<ckpt>/<robot>)")
+    model = parser.add_argument_group("policy")
+    model.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    model.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    model.add_argument("--max_new_tokens", type=int, default=64, help="reasoning budget per query (0: no reasoning)")
+    model.add_argument("--seed", type=int, default=0, help="DDIM noise seed (and sim episode seeds)")
+    model.add_argument("--num_inference_timesteps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
+    model.add_argument("--image_size_stable", default=None, help="override the checkpoint's '(W,H)'")
+    model.add_argument("--image_size_wrist", default=None, help="override the checkpoint's '(W,H)'")
+    model.add_argument("--prompt", default=None, help="instruction (default: the episode's / the sim task's)")
+    loop = parser.add_argument_group("control loop")
+    loop.add_argument("--strategy", default="chunk", choices=STRATEGIES)
+    loop.add_argument("--exec_horizon", type=int, default=None, help="chunk: actions per query (default: whole chunk)")
+    loop.add_argument("--temporal_k", type=float, default=0.01, help="temporal_agg: weight decay exp(-k i)")
+    loop.add_argument("--fps", type=float, default=None, help="control rate (default: 50 on agilex, unpaced otherwise)")
+    loop.add_argument("--warmup", type=int, default=2, help="inferences before the first episode")
+    loop.add_argument("--num_episodes", type=int, default=None, help="episodes (default: all replayed / 10 sim / 1)")
+    loop.add_argument("--max_steps", type=int, default=None, help="steps per episode (default: robot's)")
+    loop.add_argument("--camera_map", nargs="*", default=None, metavar="POLICY_CAM=SOURCE_CAM")
+    replay = parser.add_argument_group("replay")
+    replay.add_argument("--episodes", nargs="*", default=None, help="HDF5 episodes or directories")
+    sim = parser.add_argument_group("aloha_sim")
+    sim.add_argument("--task", default="transfer_cube", choices=["transfer_cube", "insertion"])
+    sim.add_argument("--sim_height", type=int, default=240)
+    sim.add_argument("--sim_width", type=int, default=320)
+    sim.add_argument("--save_video", action="store_true", help="write an mp4 per simulated episode")
+    real = parser.add_argument_group("agilex")
+    real.add_argument("--camera_topics", nargs="*", default=None, metavar="CAM=TOPIC")
+    real.add_argument("--state_topics", nargs=2, default=None, metavar=("LEFT", "RIGHT"))
+    real.add_argument("--command_topics", nargs=2, default=None, metavar=("LEFT", "RIGHT"))
+    real.add_argument("--max_joint_step", type=float, default=0.1, help="clamp per-step joint change (rad)")
+    return parser
+
+
+def make_robot(args: argparse.Namespace, camera_names: Sequence[str], out_dir: Path) -> Robot:
+    camera_map = parse_mapping(args.camera_map, "--camera_map")
+    if args.robot == "replay":
+        from evaluate.robots.replay import ReplayRobot
+
+        if not args.episodes:
+            raise SystemExit("--robot replay needs --episodes FILE_OR_DIR ...")
+        episodes = find_episodes(args.episodes)[: args.num_episodes]
+        return ReplayRobot(episodes, camera_names, camera_map, args.prompt, args.max_steps)
+    if args.robot == "aloha_sim":
+        from evaluate.robots.aloha_sim import AlohaSimRobot
+
+        return AlohaSimRobot(
+            args.task, camera_names, camera_map, args.sim_height, args.sim_width, args.seed, args.max_steps,
+            args.prompt, out_dir / "videos" if args.save_video else None,
+        )
+    from evaluate.robots.agilex import DEFAULT_COMMAND_TOPICS, DEFAULT_STATE_TOPICS, AgileXRobot
+
+    return AgileXRobot(
+        camera_names, parse_mapping(args.camera_topics, "--camera_topics"),
+        args.state_topics or DEFAULT_STATE_TOPICS, args.command_topics or DEFAULT_COMMAND_TOPICS,
+        args.prompt or "", args.max_joint_step,
+    )
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Plain-text table of ``rows`` (dicts) over ``columns``; floats with 4 significant digits."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    body = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line, rule] + ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in body])
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the evaluation described by ``args`` (see :func:`build_parser`); returns the summary written to JSON."""
+    from tqdm import tqdm
+
+    from evaluate.policy import DexVLAPolicy
+
+    ckpt = Path(args.ckpt)
+    out_dir = Path(args.out) if args.out else Path("outputs/eval") / ckpt.name / args.robot
+    out_dir.mkdir(parents=True, exist_ok=True)
+    policy = DexVLAPolicy(
+        ckpt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        num_inference_timesteps=args.num_inference_timesteps, image_size_stable=args.image_size_stable,
+        image_size_wrist=args.image_size_wrist, default_prompt=args.prompt,
+    )
+    robot = make_robot(args, policy.camera_names, out_dir)
+    fps = args.fps if args.fps is not None else robot.default_fps
+    rate = RateLimiter(fps, warn=logger.warning)
+    if args.robot == "replay":
+        num_episodes = robot.num_episodes
+    else:
+        num_episodes = args.num_episodes or (10 if args.robot == "aloha_sim" else 1)
+
+    episodes: list[dict[str, Any]] = []
+    warmup_ms: list[float] = []
+    try:
+        for index in range(num_episodes):
+            obs = robot.reset()
+            if index == 0 and args.warmup > 0:
+                warmup_ms = policy.warmup(obs, args.warmup)
+            max_steps = args.max_steps or getattr(robot, "length", None) or getattr(robot, "max_steps", None)
+            if max_steps is None:
+                raise SystemExit(f"--robot {args.robot} needs --max_steps")
+            strategy = make_strategy(args.strategy, args.exec_horizon, args.temporal_k)
+            with tqdm(total=max_steps, desc=f"{args.robot} episode {index}", unit="step", leave=False) as bar:
+
+                def on_step(t: int, info, bar=bar) -> None:
+                    bar.update(1)
+                    if info.reward is not None:
+                        bar.set_postfix(reward=info.reward, success=info.success, refresh=False)
+
+                log = run_episode(policy, robot, strategy, max_steps, rate, first_obs=obs, on_step=on_step)
+            record = {"index": index, **robot.episode_summary(), **log.timing()}
+            record["reasoning"] = [{"t": t, "text": text} for t, text in log.reasoning[:50]]
+            if args.robot == "replay":
+                record.update(_replay_results(robot, log, policy.stats, out_dir, index))
+            episodes.append(record)
+    finally:
+        robot.close()
+
+    summary = _summarise(args, policy, episodes, warmup_ms, fps, out_dir)
+    name = {"replay": "replay_metrics.json", "aloha_sim": "sim_results.json"}.get(args.robot, "agilex_results.json")
+    (out_dir / name).write_text(json.dumps(summary, indent=2))
+    _print_summary(args.robot, episodes, summary, out_dir / name)
+    return summary
+
+
+def _replay_results(robot, log, stats, out_dir: Path, index: int) -> dict[str, Any]:
+    from evaluate.metrics import ALOHA_JOINT_NAMES, chunk_errors, executed_errors, plot_episode
+
+    executed, recorded = robot.executed_and_recorded()
+    names = ALOHA_JOINT_NAMES if recorded.shape[1] == len(ALOHA_JOINT_NAMES) else None
+    plot = plot_episode(
+        executed, recorded, out_dir / f"replay_episode_{index}.png",
+        title=f"{robot.episode_path.name}: policy vs recorded action", dim_names=names,
+        query_steps=[t for t, _ in log.queries],
+    )
+    return {
+        "executed": executed_errors(executed, recorded, stats),
+        "chunk": chunk_errors(log.queries, robot.targets[: robot.length], stats),
+        "plot": str(plot),
+    }
+
+
+def _summarise(args, policy, episodes, warmup_ms, fps, out_dir: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "checkpoint": str(args.ckpt),
+        "robot": args.robot,
+        "strategy": args.strategy,
+        "exec_horizon": args.exec_horizon,
+        "temporal_k": args.temporal_k if args.strategy == "temporal_agg" else None,
+        "fps": fps,
+        "policy": policy.metadata,
+        "warmup_ms": warmup_ms,
+        "num_episodes": len(episodes),
+        "infer_ms_mean": _mean([e["infer_ms_mean"] for e in episodes]),
+        "step_ms_mean": _mean([e["step_ms_mean"] for e in episodes]),
+        "late_steps": int(sum(e["late_steps"] for e in episodes)),
+        "episodes": episodes,
+        "out_dir": str(out_dir),
+    }
+    if args.robot == "replay":
+        for part in ("executed", "chunk"):
+            for key in ("mse_raw", "l1_raw", "mse_norm", "l1_norm"):
+                summary[f"{part}_{key}"] = _mean([e[part].get(key) for e in episodes])
+    if args.robot == "aloha_sim":
+        summary["success_rate"] = _mean([float(e["success"]) for e in episodes])
+        summary["mean_return"] = _mean([e["return"] for e in episodes])
+    return summary
+
+
+def _print_summary(robot: str, episodes: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+    if robot == "replay":
+        columns = ["episode", "steps", "queries", "exec_mse_raw", "exec_mse_norm", "chunk_mse_norm", "infer_ms",
+                   "step_ms"]
+        rows = [
+            {"episode": Path(e["episode"]).name, "steps": e["steps"], "queries": e["queries"],
+             "exec_mse_raw": e["executed"]["mse_raw"], "exec_mse_norm": e["executed"]["mse_norm"],
+             "chunk_mse_norm": e["chunk"]["mse_norm"], "infer_ms": e["infer_ms_mean"], "step_ms": e["step_ms_mean"]}
+            for e in episodes
+        ]
+        rows.append({"episode": "mean", "exec_mse_raw": summary["executed_mse_raw"],
+                     "exec_mse_norm": summary["executed_mse_norm"], "chunk_mse_norm": summary["chunk_mse_norm"],
+                     "infer_ms": summary["infer_ms_mean"], "step_ms": summary["step_ms_mean"]})
+    elif robot == "aloha_sim":
+        columns = ["episode", "seed", "steps", "success", "return", "max_reward", "infer_ms", "step_ms"]
+        rows = [{"episode": e["index"], "seed": e["seed"], "steps": e["steps"], "success": e["success"],
+                 "return": e["return"], "max_reward": e["max_reward"], "infer_ms": e["infer_ms_mean"],
+                 "step_ms": e["step_ms_mean"]} for e in episodes]
+        rows.append({"episode": "mean", "success": None, "return": summary["mean_return"],
+                     "infer_ms": summary["infer_ms_mean"], "step_ms": summary["step_ms_mean"]})
+    else:
+        columns = ["episode", "steps", "queries", "infer_ms", "step_ms", "late_steps"]
+        rows = [{"episode": e["index"], "steps": e.get("steps"), "queries": e["queries"], "infer_ms": e["infer_ms_mean"],
+                 "step_ms": e["step_ms_mean"], "late_steps": e["late_steps"]} for e in episodes]
+    print(format_table(rows, columns))
+    if robot == "aloha_sim":
+        print(f"success rate: {summary['success_rate']:.0%} over {summary['num_episodes']} episodes")
+    if summary["late_steps"]:
+        print(f"warning: {summary['late_steps']} steps overran the {summary['fps']:g} Hz budget")
+    print(f"results: {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    summary = evaluate(args)
+    logger.info("evaluation took %.1f s", time.perf_counter() - start)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

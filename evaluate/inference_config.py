@@ -1,0 +1,98 @@
+"""What inference needs from a checkpoint beyond the model: the image sizes the training pre-processing used.
+
+A checkpoint directory holds ``config.json`` + weights, the processor files and ``dataset_stats.json``.
+The per-camera resize (``image_size_stable`` / ``image_size_wrist``, training's ``DataArguments``) is
+part of the pre-processing, so it has to come from the checkpoint as well. It is looked up, first hit
+wins, in:
+
+1. explicit arguments (``--image_size_stable`` / ``--image_size_wrist``);
+2. ``eval_config.json`` in the checkpoint directory (``{"image_size_stable": "(320,240)", ...}``), a file
+   one can add to a checkpoint written before the trainer recorded the sizes;
+3. ``image_size_stable`` / ``image_size_wrist`` in the checkpoint's ``config.json`` (``Qwen2VLAConfig``
+   fields the trainer fills from its ``DataArguments``): the normal case.
+
+Nothing found is an error that says which of these to provide; a silent default would resize differently
+from training, which is exactly the drift this module exists to prevent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from data_utils.image_utils import parse_image_size
+
+EVAL_CONFIG_FILE = "eval_config.json"
+IMAGE_SIZE_KEYS = ("image_size_stable", "image_size_wrist")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """``(width, height)`` of stable and wrist cameras after the training resize, and where they came from."""
+
+    image_size_stable: tuple[int, int]
+    image_size_wrist: tuple[int, int]
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data
+
+
+def save_eval_config(ckpt_dir: str | os.PathLike, image_size_stable: Any, image_size_wrist: Any) -> Path:
+    """Write ``eval_config.json`` (``"(width,height)"`` strings) into ``ckpt_dir``."""
+    stable, wrist = parse_image_size(image_size_stable), parse_image_size(image_size_wrist)
+    path = Path(ckpt_dir) / EVAL_CONFIG_FILE
+    path.write_text(json.dumps({"image_size_stable": f"({stable[0]},{stable[1]})",
+                                "image_size_wrist": f"({wrist[0]},{wrist[1]})"}, indent=2))
+    return path
+
+
+def load_inference_config(
+    ckpt_dir: str | os.PathLike,
+    image_size_stable: Any | None = None,
+    image_size_wrist: Any | None = None,
+) -> InferenceConfig:
+    """Resolve the image sizes of ``ckpt_dir`` (see the module docstring for the order)."""
+    ckpt_dir = Path(ckpt_dir)
+    explicit = {"image_size_stable": image_size_stable, "image_size_wrist": image_size_wrist}
+    layers = [
+        ("arguments", explicit),
+        (str(ckpt_dir / EVAL_CONFIG_FILE), _read_json(ckpt_dir / EVAL_CONFIG_FILE)),
+        (str(ckpt_dir / "config.json"), _read_json(ckpt_dir / "config.json")),
+    ]
+    found: dict[str, tuple[int, int]] = {}
+    sources: dict[str, str] = {}
+    for source, values in layers:
+        for key in IMAGE_SIZE_KEYS:
+            if key not in found and values.get(key) is not None:
+                try:
+                    found[key] = parse_image_size(values[key])
+                except ValueError as err:
+                    raise ValueError(f"{source}: {key}: {err}") from None
+                sources[key] = source
+    missing = [k for k in IMAGE_SIZE_KEYS if k not in found]
+    if missing:
+        raise ValueError(
+            f"checkpoint {ckpt_dir} does not say which image sizes it was trained with ({', '.join(missing)}; "
+            "checkpoints of the current trainer carry them in config.json): "
+            f"add {EVAL_CONFIG_FILE} with "
+            '{"image_size_stable": "(W,H)", "image_size_wrist": "(W,H)"} (the training run\'s --image_size_* '
+            "values), or pass --image_size_stable/--image_size_wrist"
+        )
+    source = ", ".join(sorted(set(sources.values())))
+    return InferenceConfig(found["image_size_stable"], found["image_size_wrist"], source)
+
+
+__all__ = ["EVAL_CONFIG_FILE", "InferenceConfig", "load_inference_config", "save_eval_config"]

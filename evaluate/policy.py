@@ -1,0 +1,321 @@
+"""``DexVLAPolicy``: a checkpoint directory -> raw observation in, raw action chunk (+ reasoning) out.
+
+An observation uses openpi's key names::
+
+    {"images": {camera: (H, W, 3) or (3, H, W) uint8}, "state": (state_dim,) raw qpos, "prompt": str}
+
+and :meth:`DexVLAPolicy.infer` returns ``{"actions": (chunk, action_dim) float32 in robot units,
+"reasoning": str, "policy_timing": {"infer_ms": float}}``.
+
+Pre-processing is the training code's own: cameras are stacked in the checkpoint's camera order
+(``dataset_stats.json``'s ``camera_names``) into the ``(num_cams, 3, H, W)`` layout the dataset yields,
+and go through ``Qwen2VLAProcess.prompt_inputs`` (resize, chat template, image processor) with the
+image sizes of training (:mod:`evaluate.inference_config`); the state is z-scored and the actions
+un-normalised by the same ``NormStats`` that training used.
+
+``delta_control`` checkpoints predict per-step action deltas; they are integrated onto the current
+state: ``action[k] = state + sum(delta[0..k])``. The integration starts from the measured state, the
+best stand-in the robot has for the previous commanded action (which training took the deltas from);
+this needs ``action_dim == state_dim`` and holds for joint-position control such as ALOHA's.
+
+The DDIM noise is the same for every observation: each row of a batch gets noise drawn from a generator
+seeded with ``seed``, so a batch of observations gives exactly the actions of the same observations
+one by one, and a run can be repeated. ``seed=None`` draws fresh noise for every query instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_utils.normalization import NormStats
+
+OBSERVATION_KEYS = ("images", "state", "prompt")
+
+
+class ObservationError(ValueError):
+    """A malformed observation; ``field`` names the offending entry (e.g. ``"images.cam_high"``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"observation field {field!r}: {message}")
+        self.field = field
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device (use --device cpu)")
+    return device
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"``: bfloat16 on GPU, float32 on CPU; else one of float32/bfloat16/float16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _frame_hwc(image: Any, field: str) -> np.ndarray:
+    """One camera frame as ``(H, W, 3)`` uint8 (accepts ``(3, H, W)`` too, as openpi's ALOHA clients send)."""
+    if not isinstance(image, np.ndarray):
+        raise ObservationError(field, f"must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ObservationError(field, f"must be uint8, got dtype {image.dtype}")
+    if image.ndim == 3 and image.shape[-1] == 3:
+        return image
+    if image.ndim == 3 and image.shape[0] == 3:
+        return image.transpose(1, 2, 0)
+    raise ObservationError(field, f"must be (H, W, 3) or (3, H, W), got shape {image.shape}")
+
+
+def validate_observation(
+    obs: Any, camera_names: Sequence[str], state_dim: int, default_prompt: str | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Check ``obs`` and return ``images (num_cams, 3, H, W) uint8``, ``state (state_dim,) float32``, ``prompt``.
+
+    Raises :class:`ObservationError` naming the first bad field.
+    """
+    if not isinstance(obs, Mapping):
+        raise ObservationError("<root>", f"must be a dict with keys {list(OBSERVATION_KEYS)}, got {type(obs).__name__}")
+    images = obs.get("images")
+    if not isinstance(images, Mapping):
+        raise ObservationError("images", f"must be a dict {{camera: image}} with cameras {list(camera_names)}")
+    frames = []
+    for camera in camera_names:
+        if camera not in images:
+            raise ObservationError(
+                f"images.{camera}", f"camera missing; this policy needs {list(camera_names)}, got {sorted(images)}"
+            )
+        frames.append(_frame_hwc(images[camera], f"images.{camera}"))
+    if len({f.shape for f in frames}) != 1:
+        shapes = {c: f.shape for c, f in zip(camera_names, frames, strict=True)}
+        raise ObservationError("images", f"all cameras must share one resolution (as in training), got {shapes}")
+
+    state = obs.get("state")
+    if state is None:
+        raise ObservationError("state", f"missing; expected ({state_dim},) joint positions")
+    state = np.asarray(state)
+    if state.dtype.kind not in "fiu":
+        raise ObservationError("state", f"must be numeric, got dtype {state.dtype}")
+    if state.shape != (state_dim,):
+        raise ObservationError("state", f"must have shape ({state_dim},), got {state.shape}")
+    if not np.isfinite(state).all():
+        raise ObservationError("state", "contains NaN or inf")
+
+    prompt = obs.get("prompt", default_prompt)
+    if prompt is None:
+        raise ObservationError("prompt", "missing (and the policy has no default prompt)")
+    if isinstance(prompt, bytes):
+        prompt = prompt.decode("utf-8")
+    if not isinstance(prompt, str):
+        raise ObservationError("prompt", f"must be a string, got {type(prompt).__name__}")
+    stacked = np.stack(frames).transpose(0, 3, 1, 2)  # (num_cams, 3, H, W), the dataset's layout
+    return np.ascontiguousarray(stacked), state.astype(np.float32), prompt
+
+
+class DexVLAPolicy:
+    """A DexVLA checkpoint (full, or LoRA merged on load) wrapped for robot control.
+
+    Args:
+        ckpt_dir: directory with ``config.json``, weights, processor files and ``dataset_stats.json``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        dtype: ``"auto"`` (bfloat16 on GPU, float32 on CPU), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        max_new_tokens: budget for the generated reasoning.
+        seed: seed of the DDIM noise (see the module docstring); ``None`` for fresh noise per query.
+        num_inference_timesteps: DDIM steps (default: the head's config).
+        image_size_stable, image_size_wrist: override the checkpoint's image sizes (old checkpoints).
+        default_prompt: used when an observation has no ``"prompt"``.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike,
+        device: str | torch.device | None = "cpu",
+        dtype: str | torch.dtype | None = "auto",
+        max_new_tokens: int = 64,
+        seed: int | None = 0,
+        num_inference_timesteps: int | None = None,
+        image_size_stable: Any | None = None,
+        image_size_wrist: Any | None = None,
+        default_prompt: str | None = None,
+    ) -> None:
+        from transformers import AutoProcessor, AutoTokenizer
+
+        import qwen2_vla  # noqa: F401  (registers the VLA with the Auto classes)
+        from data_utils.data_collator import Qwen2VLADataCollatorForSupervisedDataset
+        from evaluate.inference_config import load_inference_config
+        from qwen2_vla.model_load_utils import from_pretrained_vla
+        from qwen2_vla.robot_data_processor import Qwen2VLAProcess
+
+        self.ckpt_dir = Path(ckpt_dir)
+        if not (self.ckpt_dir / "config.json").exists():
+            raise FileNotFoundError(f"{self.ckpt_dir} is not a checkpoint directory (no config.json)")
+        self.stats = NormStats.load(self.ckpt_dir)
+        if not self.stats.camera_names:
+            raise ValueError(f"{self.ckpt_dir}/dataset_stats.json lists no camera_names; the camera order is unknown")
+        self.camera_names = list(self.stats.camera_names)
+        self.inference_config = load_inference_config(self.ckpt_dir, image_size_stable, image_size_wrist)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.max_new_tokens = int(max_new_tokens)
+        self.seed = seed
+        self.num_inference_timesteps = num_inference_timesteps
+        self.default_prompt = default_prompt
+
+        self.model = from_pretrained_vla(self.ckpt_dir, dtype=self.dtype).to(self.device).eval()
+        head = self.model.config.policy_head_config
+        self.state_dim, self.action_dim = self.stats.state_dim, self.stats.action_dim
+        if head.action_dim != self.action_dim or head.state_dim not in (0, self.state_dim):
+            raise ValueError(
+                f"{self.ckpt_dir}: the head predicts action_dim={head.action_dim} from state_dim={head.state_dim}, "
+                f"but dataset_stats.json has action_dim={self.action_dim}, state_dim={self.state_dim}"
+            )
+        if self.stats.delta_control and self.action_dim != self.state_dim:
+            raise ValueError("delta_control checkpoints integrate deltas onto the state: needs action_dim == state_dim")
+        self.horizon = int(head.prediction_horizon)
+        # Steps beyond the training chunk were always padding in training: never execute them.
+        self.chunk_size = min(self.horizon, int(self.stats.chunk_size or self.horizon))
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.ckpt_dir)
+        processor = AutoProcessor.from_pretrained(self.ckpt_dir)
+        data_args = SimpleNamespace(
+            image_size_stable=self.inference_config.image_size_stable,
+            image_size_wrist=self.inference_config.image_size_wrist,
+        )
+        self.process = Qwen2VLAProcess(self.tokenizer, processor, data_args, self.camera_names)
+        self.collator = Qwen2VLADataCollatorForSupervisedDataset(processor, self.dtype, self.tokenizer)
+        self._accepts_noise = "noise" in inspect.signature(self.model.predict_action).parameters
+
+    # ---- description ------------------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What a client needs to know to build observations (sent by the policy server on connect)."""
+        stable, wrist = self.inference_config.image_size_stable, self.inference_config.image_size_wrist
+        return {
+            "policy": "dexvla",
+            "checkpoint": str(self.ckpt_dir),
+            "camera_names": list(self.camera_names),
+            "state_dim": self.state_dim,
+            "action_dim": self.action_dim,
+            "chunk_size": self.chunk_size,
+            "delta_control": bool(self.stats.delta_control),
+            "image_size_stable": list(stable),
+            "image_size_wrist": list(wrist),
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
+
+    # ---- inference --------------------------------------------------------------------------------
+    def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        """One observation -> ``{"actions": (chunk, action_dim), "reasoning": str, "policy_timing": {...}}``."""
+        return self.infer_batch([obs])[0]
+
+    def infer_batch(self, observations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """A list of observations -> one result per observation (as :meth:`infer`), computed as one batch."""
+        if not observations:
+            return []
+        start = time.perf_counter()
+        parsed = [validate_observation(o, self.camera_names, self.state_dim, self.default_prompt) for o in observations]
+        features = [self.process.prompt_inputs(images, prompt) for images, _, prompt in parsed]
+        raw_states = np.stack([state for _, state, _ in parsed])  # (B, state_dim)
+        states = torch.as_tensor(self.stats.normalize_state(raw_states), dtype=torch.float32)
+        normalized, reasoning = self._predict(features, states)  # (B, horizon, action_dim) float32
+        actions = self.postprocess_actions(normalized[:, : self.chunk_size], raw_states)
+        elapsed_ms = 1000.0 * (time.perf_counter() - start)
+        return [
+            {
+                "actions": actions[i],
+                "reasoning": reasoning[i],
+                "policy_timing": {"infer_ms": elapsed_ms, "batch_size": len(observations)},
+            }
+            for i in range(len(observations))
+        ]
+
+    def postprocess_actions(self, normalized: np.ndarray, raw_states: np.ndarray) -> np.ndarray:
+        """``(B, T, action_dim)`` model output in [-1, 1] -> ``(B, T, action_dim)`` float32 robot actions."""
+        actions = self.stats.unnormalize_action(np.asarray(normalized, dtype=np.float32))
+        if self.stats.delta_control:
+            actions = raw_states[:, None, :] + np.cumsum(actions, axis=1)
+        return actions.astype(np.float32)
+
+    def noise(self, batch_size: int) -> torch.Tensor | None:
+        """``(B, horizon, action_dim)`` float32 initial DDIM noise, the same for every row (``None`` if unseeded)."""
+        if self.seed is None:
+            return None
+        generator = torch.Generator(device="cpu").manual_seed(int(self.seed))
+        row = torch.randn((1, self.horizon, self.action_dim), generator=generator, dtype=torch.float32)
+        return row.expand(batch_size, -1, -1).contiguous()
+
+    def _predict(self, features: list[dict[str, torch.Tensor]], states: torch.Tensor) -> tuple[np.ndarray, list[str]]:
+        if self._accepts_noise or self.seed is None or len(features) == 1:
+            return self._predict_batch(features, states)
+        # predict_action takes one generator for the whole batch, so per-row noise needs one call per row
+        # until it accepts the initial noise itself; results are identical either way.
+        rows = [self._predict_batch([f], states[i : i + 1]) for i, f in enumerate(features)]
+        return np.concatenate([r[0] for r in rows]), [r[1][0] for r in rows]
+
+    def _predict_batch(
+        self, features: list[dict[str, torch.Tensor]], states: torch.Tensor
+    ) -> tuple[np.ndarray, list[str]]:
+        batch = {k: v.to(self.device) for k, v in self.collator(features).items()}
+        kwargs: dict[str, Any] = dict(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            states=states.to(self.device, self.dtype),
+            pixel_values=batch.get("pixel_values"),
+            image_grid_thw=batch.get("image_grid_thw"),
+            mm_token_type_ids=batch.get("mm_token_type_ids"),
+            max_new_tokens=self.max_new_tokens,
+            generate_reasoning=self.max_new_tokens > 0,
+            tokenizer=self.tokenizer,
+            num_inference_timesteps=self.num_inference_timesteps,
+        )
+        noise = self.noise(len(features))
+        if noise is not None and self._accepts_noise:
+            kwargs["noise"] = noise.to(self.device)
+        elif noise is not None:
+            # One row: a generator seeded with `seed` draws the row's noise inside the head (on CPU the very
+            # numbers of noise(); on CUDA the device generator's, equally fixed by the seed).
+            kwargs["generator"] = _device_generator(self.device, int(self.seed))
+        with torch.inference_mode():
+            out = self.model.predict_action(**kwargs)
+        actions = out.actions.float().cpu().numpy()
+        reasoning = out.reasoning or [""] * len(features)
+        return actions, list(reasoning)
+
+    # ---- helpers ------------------------------------------------------------------------------------
+    def warmup(self, obs: Mapping[str, Any], passes: int = 2) -> list[float]:
+        """Run ``passes`` untimed-by-the-loop inferences (allocator, kernels, caches); returns their ms."""
+        times = []
+        for _ in range(max(0, passes)):
+            start = time.perf_counter()
+            self.infer(obs)
+            times.append(1000.0 * (time.perf_counter() - start))
+        return times
+
+
+def _device_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (the head draws its noise on the model's device)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+__all__ = ["DexVLAPolicy", "ObservationError", "resolve_device", "resolve_dtype", "validate_observation"]

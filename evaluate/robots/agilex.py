@@ -1,0 +1,190 @@
+"""``AgileXRobot``: the real AgileX / ALOHA arms through ROS 1 (what the reference evaluation drove).
+
+Observations come from ROS topics (camera images, the puppet arms' joint states) and actions are
+published as ``sensor_msgs/JointState`` joint targets for each arm, 7 numbers per arm (6 joints +
+gripper) as the AgileX stack expects. The topic names default to the AgileX ALOHA launch files'.
+
+ROS (``rospy``, ``sensor_msgs``, ``cv_bridge``) is imported only when the robot is created, so this
+module imports anywhere; without ROS, creating the robot fails with a message naming what is missing.
+
+Safety is deliberately minimal here: each commanded joint moves at most ``max_joint_step`` per step
+away from the last command (clamped, with a warning). Joint limits, homing, an e-stop and gripper
+calibration belong to the robot's own stack (see the evaluation README for what to add).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from evaluate.robots.base import Observation, Robot, StepInfo
+
+DEFAULT_CAMERA_TOPICS = {
+    "cam_high": "/camera_f/color/image_raw",
+    "cam_left_wrist": "/camera_l/color/image_raw",
+    "cam_right_wrist": "/camera_r/color/image_raw",
+}
+DEFAULT_STATE_TOPICS = ("/puppet/joint_left", "/puppet/joint_right")
+DEFAULT_COMMAND_TOPICS = ("/master/joint_left", "/master/joint_right")
+JOINTS_PER_ARM = 7
+
+
+def import_ros() -> dict[str, Any]:
+    """``{"rospy", "Image", "JointState", "CvBridge"}``, or a RuntimeError naming the missing pieces."""
+    found: dict[str, Any] = {}
+    missing: list[str] = []
+    try:
+        import rospy
+
+        found["rospy"] = rospy
+    except ImportError:
+        missing.append("rospy")
+    try:
+        from sensor_msgs.msg import Image, JointState
+
+        found.update(Image=Image, JointState=JointState)
+    except ImportError:
+        missing.append("sensor_msgs")
+    try:
+        from cv_bridge import CvBridge
+
+        found["CvBridge"] = CvBridge
+    except ImportError:
+        missing.append("cv_bridge")
+    if missing:
+        raise RuntimeError(
+            f"--robot agilex needs ROS 1 Python packages, missing: {', '.join(missing)}. Install ROS Noetic "
+            "(ros-noetic-ros-base, ros-noetic-cv-bridge) and `source /opt/ros/noetic/setup.bash` in this shell, "
+            "or run the policy server (evaluate/serve_policy.py) and drive it from the robot's computer."
+        )
+    return found
+
+
+class AgileXRobot(Robot):
+    """AgileX dual arms through ROS 1.
+
+    Args:
+        camera_names: the policy's cameras, in its order.
+        camera_topics: ``{camera: image topic}`` (defaults: :data:`DEFAULT_CAMERA_TOPICS`).
+        state_topics: the left and right puppet arms' ``JointState`` topics.
+        command_topics: the left and right ``JointState`` command topics.
+        prompt: the instruction sent with every observation.
+        max_joint_step: largest change of any commanded joint per step (radians); ``None``: no clamp.
+        obs_timeout_s: how long ``get_obs`` waits for fresh messages on every topic.
+        node_name: the ROS node's name.
+    """
+
+    name = "agilex"
+    default_fps = 50.0
+
+    def __init__(
+        self,
+        camera_names: Sequence[str],
+        camera_topics: Mapping[str, str] | None = None,
+        state_topics: Sequence[str] = DEFAULT_STATE_TOPICS,
+        command_topics: Sequence[str] = DEFAULT_COMMAND_TOPICS,
+        prompt: str = "",
+        max_joint_step: float | None = 0.1,
+        obs_timeout_s: float = 1.0,
+        node_name: str = "dexvla_eval",
+    ) -> None:
+        ros = import_ros()
+        self._rospy, self._joint_state_cls = ros["rospy"], ros["JointState"]
+        self._bridge = ros["CvBridge"]()
+        topics = {**DEFAULT_CAMERA_TOPICS, **dict(camera_topics or {})}
+        missing = [cam for cam in camera_names if cam not in topics]
+        if missing:
+            raise ValueError(f"no image topic for cameras {missing}; give them in camera_topics")
+        self.camera_names = list(camera_names)
+        self.prompt = prompt
+        self.max_joint_step = max_joint_step
+        self.obs_timeout_s = float(obs_timeout_s)
+        self._lock = threading.Condition()
+        self._images: dict[str, np.ndarray] = {}
+        self._arms: list[np.ndarray | None] = [None, None]
+        self._stamp = 0
+        self._last_command: np.ndarray | None = None
+
+        self._rospy.init_node(node_name, anonymous=True, disable_signals=True)
+        self._subscribers = [
+            self._rospy.Subscriber(topics[cam], ros["Image"], self._on_image, callback_args=cam, queue_size=1)
+            for cam in self.camera_names
+        ]
+        self._subscribers += [
+            self._rospy.Subscriber(topic, ros["JointState"], self._on_joints, callback_args=arm, queue_size=1)
+            for arm, topic in enumerate(state_topics)
+        ]
+        self._publishers = [self._rospy.Publisher(topic, ros["JointState"], queue_size=1) for topic in command_topics]
+
+    # ---- ROS callbacks ------------------------------------------------------------------------------
+    def _on_image(self, msg: Any, camera: str) -> None:
+        frame = self._bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
+        with self._lock:
+            self._images[camera] = np.asarray(frame, dtype=np.uint8)
+            self._stamp += 1
+            self._lock.notify_all()
+
+    def _on_joints(self, msg: Any, arm: int) -> None:
+        with self._lock:
+            self._arms[arm] = np.asarray(msg.position[:JOINTS_PER_ARM], dtype=np.float32)
+            self._stamp += 1
+            self._lock.notify_all()
+
+    # ---- Robot --------------------------------------------------------------------------------------
+    def _complete(self) -> bool:
+        return all(cam in self._images for cam in self.camera_names) and all(a is not None for a in self._arms)
+
+    def get_obs(self) -> Observation:
+        deadline = time.monotonic() + self.obs_timeout_s
+        with self._lock:
+            while not self._complete():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    have = sorted(self._images) + [f"arm{i}" for i, a in enumerate(self._arms) if a is not None]
+                    raise TimeoutError(f"no message on every topic within {self.obs_timeout_s} s (have: {have})")
+                self._lock.wait(remaining)
+            return {
+                "images": {cam: self._images[cam].copy() for cam in self.camera_names},
+                "state": np.concatenate(self._arms),
+                "prompt": self.prompt,
+            }
+
+    def reset(self) -> Observation:
+        self._last_command = None
+        obs = self.get_obs()
+        self._last_command = obs["state"].copy()
+        return obs
+
+    def step(self, action: np.ndarray) -> StepInfo:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (2 * JOINTS_PER_ARM,):
+            raise ValueError(f"AgileX takes ({2 * JOINTS_PER_ARM},) joint targets, got {action.shape}")
+        if self.max_joint_step is not None and self._last_command is not None:
+            clamped = np.clip(
+                action, self._last_command - self.max_joint_step, self._last_command + self.max_joint_step
+            )
+            if not np.allclose(clamped, action):
+                warnings.warn(f"commanded joints moved more than {self.max_joint_step} rad in one step: clamped",
+                              stacklevel=2)
+            action = clamped
+        now = self._rospy.Time.now()
+        for arm, publisher in enumerate(self._publishers):
+            msg = self._joint_state_cls()
+            msg.header.stamp = now
+            msg.position = action[arm * JOINTS_PER_ARM : (arm + 1) * JOINTS_PER_ARM].tolist()
+            publisher.publish(msg)
+        self._last_command = action
+        return StepInfo(done=self._rospy.is_shutdown())
+
+    def close(self) -> None:
+        for subscriber in getattr(self, "_subscribers", []):
+            subscriber.unregister()
+        self._subscribers = []
+
+
+__all__ = ["AgileXRobot", "DEFAULT_CAMERA_TOPICS", "import_ros"]

@@ -1,0 +1,126 @@
+"""Open-loop replay evaluation (JSON + PNG), an overfit checkpoint beating a fresh one, and the real-robot stub."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from data_utils.hdf5_io import find_all_hdf5
+from evaluate.eval_dexvla import build_parser, evaluate, format_table
+from evaluate.metrics import chunk_errors, error_stats
+from evaluate.robots.replay import ReplayRobot, recorded_targets
+from evaluate.testing import build_tiny_checkpoint, overfit_checkpoint
+from tests.conftest import CAMERAS
+
+transformers.logging.set_verbosity_error()
+CHUNK = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def fresh_ckpt(tmp_path_factory, tiny_model_dir, episodes_dir):
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("fresh"), tiny_model_dir, episodes_dir, CAMERAS, CHUNK)
+
+
+@pytest.fixture(scope="module")
+def overfit_ckpt(tmp_path_factory, fresh_ckpt, episodes_dir):
+    episode = find_all_hdf5(episodes_dir)[0]
+    return overfit_checkpoint(fresh_ckpt, episode, tmp_path_factory.mktemp("overfit"), steps=300, batch_size=8, lr=1e-3)
+
+
+def replay(ckpt, episode, out, *extra: str) -> dict:
+    args = build_parser().parse_args(
+        ["--ckpt", str(ckpt), "--robot", "replay", "--episodes", str(episode), "--out", str(out),
+         "--max_new_tokens", "12", "--warmup", "1", *extra]
+    )
+    return evaluate(args)
+
+
+def test_replay_writes_metrics_and_plot(fresh_ckpt, episodes_dir, tmp_path):
+    episode = find_all_hdf5(episodes_dir)[0]
+    summary = replay(fresh_ckpt, episode, tmp_path, "--strategy", "temporal_agg")
+    written = json.loads((tmp_path / "replay_metrics.json").read_text())
+    assert written["executed_mse_norm"] == pytest.approx(summary["executed_mse_norm"])
+    record = written["episodes"][0]
+    assert record["steps"] == 30 and record["queries"] == 30  # temporal_agg queries on every frame
+    for part in ("executed", "chunk"):
+        for key in ("mse_raw", "l1_raw", "mse_norm", "l1_norm"):
+            assert np.isfinite(record[part][key])
+            assert len(record[part]["per_dim"][key]) == 14
+    png = tmp_path / "replay_episode_0.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and record["plot"] == str(png)
+
+
+def test_overfit_checkpoint_scores_lower_mse(fresh_ckpt, overfit_ckpt, episodes_dir, tmp_path):
+    episode = find_all_hdf5(episodes_dir)[0]
+    fresh = replay(fresh_ckpt, episode, tmp_path / "fresh", "--strategy", "chunk")
+    overfit = replay(overfit_ckpt, episode, tmp_path / "overfit", "--strategy", "chunk")
+    assert fresh["episodes"][0]["queries"] == 30 // CHUNK + 1
+    for key in ("executed_mse_norm", "executed_mse_raw", "chunk_mse_norm"):
+        assert overfit[key] < 0.5 * fresh[key], (key, overfit[key], fresh[key])
+    # It also learned the episode's reasoning.
+    assert overfit["episodes"][0]["reasoning"][0]["text"].startswith("reach toward the red square")
+
+
+def test_recorded_targets_follow_the_training_pairing():
+    action = np.arange(5, dtype=np.float32)[:, None]
+    np.testing.assert_array_equal(recorded_targets(action, is_sim=True)[:, 0], [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(recorded_targets(action, is_sim=False)[:, 0], [0, 0, 1, 2, 3])
+
+
+def test_replay_robot_plays_the_recording(episodes_dir):
+    robot = ReplayRobot(find_all_hdf5(episodes_dir)[:2], CAMERAS)
+    obs = robot.reset()
+    assert sorted(obs["images"]) == sorted(CAMERAS) and obs["state"].shape == (14,) and obs["prompt"]
+    for t in range(robot.length):
+        info = robot.step(robot.targets[t])
+        assert info.done == (t == robot.length - 1)
+    executed, recorded = robot.executed_and_recorded()
+    assert error_stats(executed, recorded)["mse_raw"] == 0.0
+    robot.reset()
+    assert robot.episode_path.name == "episode_1.hdf5"
+    with pytest.raises(KeyError, match="camera_map"):
+        ReplayRobot(find_all_hdf5(episodes_dir)[:1], ["top"]).reset()
+    robot.close()
+
+
+def test_chunk_errors_skip_steps_past_the_recording():
+    recorded = np.zeros((4, 2))
+    queries = [(0, np.ones((3, 2))), (2, np.ones((3, 2)))]  # the second chunk runs one step past the end
+    assert error_stats(np.ones((5, 2)), np.zeros((5, 2)))["count"] == 5
+    from data_utils.normalization import NormStats
+
+    stats = NormStats(np.zeros(2), np.ones(2), -np.ones(2), np.ones(2), np.zeros(2), np.ones(2))
+    result = chunk_errors(queries, recorded, stats)
+    assert result["count"] == 5 and result["mse_raw"] == 1.0 and result["mse_norm"] == 1.0
+
+
+def test_agilex_without_ros_says_what_is_missing():
+    try:
+        import rospy  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("ROS is installed here; the missing-ROS message cannot be checked")
+    from evaluate.robots.agilex import AgileXRobot
+
+    with pytest.raises(RuntimeError, match="rospy.*sensor_msgs.*cv_bridge"):
+        AgileXRobot(CAMERAS)
+
+
+def test_summary_table_formatting():
+    table = format_table([{"a": 1, "b": 0.123456, "c": None}, {"a": "mean", "b": True}], ["a", "b", "c"])
+    lines = table.splitlines()
+    assert lines[0].split() == ["a", "b", "c"] and lines[2].split() == ["1", "0.1235", "-"]
+    assert lines[3].split() == ["mean", "yes", "-"]
