@@ -274,7 +274,11 @@ def prepare(
             config=all_config, qwen2_vla_config=model_config, rank0_print=rank0_print, tokenizer=tokenizer
         )
     vla_process = Qwen2VLAProcess(
-        tokenizer=tokenizer, multimodal_processor=processor, data_args=data_args, camera_names=camera_names
+        tokenizer=tokenizer,
+        multimodal_processor=processor,
+        data_args=data_args,
+        camera_names=camera_names,
+        model_max_length=training_args.model_max_length,
     )
     train_dataset, val_dataset, stats, sampler_params = load_data(
         task_config["dataset_dir"],

@@ -42,6 +42,8 @@ class Qwen2VLAProcess:
         data_args: anything with ``image_size_stable`` and ``image_size_wrist`` (strings such as
             ``"(320,240)"`` or ``(width, height)`` tuples).
         camera_names: camera order of ``sample["image"]``.
+        model_max_length: longest token sequence (prompt + answer) allowed; longer samples are an
+            error rather than a silent truncation of the answer (``None``: no limit).
     """
 
     def __init__(
@@ -50,11 +52,13 @@ class Qwen2VLAProcess:
         multimodal_processor: ProcessorMixin,
         data_args: Any,
         camera_names: Sequence[str],
+        model_max_length: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.multimodal_processor = multimodal_processor
         self.data_args = data_args
         self.camera_names = list(camera_names)
+        self.model_max_length = model_max_length
         self.image_size_stable = parse_image_size(data_args.image_size_stable)
         self.image_size_wrist = parse_image_size(data_args.image_size_wrist)
         if tokenizer.convert_tokens_to_ids(END_OF_TURN) in (None, tokenizer.unk_token_id):
@@ -90,6 +94,12 @@ class Qwen2VLAProcess:
             mm = features["mm_token_type_ids"]
             features["mm_token_type_ids"] = torch.cat([mm, torch.zeros_like(answer_ids, dtype=mm.dtype)])
         features["labels"] = torch.cat([torch.full((prompt_len,), IGNORE_INDEX, dtype=answer_ids.dtype), answer_ids])
+        length = features["input_ids"].shape[0]
+        if self.model_max_length is not None and length > self.model_max_length:
+            raise ValueError(
+                f"a sample has {length} tokens ({prompt_len} prompt + {len(answer_ids)} answer) but "
+                f"model_max_length={self.model_max_length}: raise --model_max_length or shrink the images"
+            )
         for key in ("state", "action", "is_pad"):
             if key in sample:
                 features[key] = sample[key]

@@ -131,6 +131,15 @@ def test_forward_process_answer_and_labels(parts):
     assert tokenizer.decode(no_reasoning["input_ids"][no_reasoning["labels"] != IGNORE_INDEX]) == "<|im_end|>"
 
 
+def test_too_long_sample_is_an_error(parts):
+    tokenizer, processor, _, train, _ = parts
+    short = Qwen2VLAProcess(tokenizer, processor, DataArgs(), CAMERAS, model_max_length=20)
+    raw = train.load_raw_step(0, 0)
+    sample = {"image": torch.from_numpy(raw["images"]), "raw_lang": raw["raw_lang"], "reasoning": raw["reasoning"]}
+    with pytest.raises(ValueError, match="model_max_length=20"):
+        short.forward_process(sample)
+
+
 def test_collator_left_pads_and_stacks(parts):
     tokenizer, _, _, train, collator = parts
     short = dict(train[0])
