@@ -92,6 +92,7 @@ def build_model_config(
             )
         base.llm_loss_weight = training_args.llm_loss_weight
         base.image_size_stable, base.image_size_wrist = data_args.image_size_stable, data_args.image_size_wrist
+        base.use_reasoning = data_args.use_reasoning
         return base
     if training_args.load_pretrain:
         raise ValueError(
@@ -118,6 +119,7 @@ def build_model_config(
         # Inference resizes as training did: the sizes travel in every checkpoint's config.json.
         image_size_stable=data_args.image_size_stable,
         image_size_wrist=data_args.image_size_wrist,
+        use_reasoning=data_args.use_reasoning,
     )
 
 

@@ -22,6 +22,15 @@ class SampleProcessor(Protocol):
     def forward_process(self, sample: dict[str, Any], use_reasoning: bool = True) -> dict[str, Any]: ...
 
 
+def chunk_start(start_ts: int, is_sim: bool) -> int:
+    """First action of the chunk paired with frame ``start_ts``.
+
+    Real-robot recordings lag one step, so the reference starts their chunk at ``start_ts - 1``;
+    simulated ones at ``start_ts``. Training and open-loop evaluation both use this one rule.
+    """
+    return start_ts if is_sim else max(0, start_ts - 1)
+
+
 def episode_action_deltas(action: np.ndarray) -> np.ndarray:
     """``delta[t] = action[t] - action[t-1]`` with ``delta[0] = 0``: what ``delta_control`` trains on."""
     deltas = np.zeros_like(action)
@@ -119,8 +128,7 @@ class EpisodicDataset(torch.utils.data.Dataset):
         with h5py.File(path, "r") as root:
             is_sim = bool(root.attrs.get("sim", False))
             episode_len = root[ACTION_KEY].shape[0]
-            # Real-robot recordings lag one step: the reference starts their chunk at start_ts - 1.
-            action_start = start_ts if is_sim else max(0, start_ts - 1)
+            action_start = chunk_start(start_ts, is_sim)
             action_end = min(episode_len, action_start + self.chunk_size)
             if self.delta_control:
                 window = root[ACTION_KEY][max(0, action_start - 1) : action_end].astype(np.float64)

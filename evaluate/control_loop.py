@@ -133,9 +133,9 @@ def run_episode(
         if info.done:
             log.step_ms.append(1000.0 * (time.perf_counter() - start))
             break
-        obs = robot.get_obs()
         log.step_ms.append(1000.0 * (time.perf_counter() - start))
         rate.wait()
+        obs = robot.get_obs()  # after the wait: the policy acts on the freshest observation
     log.late_steps = rate.overruns - late_before
     return log
 

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--robot", required=True, choices=ROBOTS)
     parser.add_argument("--out", default=None, help="results directory (default: outputs/eval/<ckpt>/<robot>)")
     model = parser.add_argument_group("policy")
-    model.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    model.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (cuda when present)")
     model.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
     model.add_argument("--max_new_tokens", type=int, default=64, help="reasoning budget per query (0: no reasoning)")
     model.add_argument("--seed", type=int, default=0, help="DDIM noise seed (and sim episode seeds)")
@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prompt", default=None, help="instruction (default: the episode's / the sim task's)")
     loop = parser.add_argument_group("control loop")
     loop.add_argument("--strategy", default="chunk", choices=STRATEGIES)
-    loop.add_argument("--exec_horizon", type=int, default=None, help="chunk: actions per query (default: whole chunk)")
+    loop.add_argument(
+        "--exec_horizon",
+        type=int,
+        default=None,
+        help="chunk: actions per query (default: whole chunk; replay: 1, so every recorded frame is queried)",
+    )
     loop.add_argument("--temporal_k", type=float, default=0.01, help="temporal_agg: weight decay exp(-k i)")
     loop.add_argument("--fps", type=float, default=None, help="control rate (default: 50 on agilex, unpaced otherwise)")
     loop.add_argument("--warmup", type=int, default=2, help="inferences before the first episode")
@@ -176,10 +181,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             obs = robot.reset()
             if index == 0 and args.warmup > 0:
                 warmup_ms = policy.warmup(obs, args.warmup)
+                obs = robot.get_obs()  # warm-up took time: act on a fresh observation
             max_steps = args.max_steps or getattr(robot, "length", None) or getattr(robot, "max_steps", None)
             if max_steps is None:
                 raise SystemExit(f"--robot {args.robot} needs --max_steps")
-            strategy = make_strategy(args.strategy, args.exec_horizon, args.temporal_k)
+            # Open-loop replay scores the policy on every recorded frame unless told otherwise.
+            exec_horizon = args.exec_horizon if args.exec_horizon or args.robot != "replay" else 1
+            if exec_horizon is not None and not 0 < exec_horizon <= policy.chunk_size:
+                raise SystemExit(f"--exec_horizon {exec_horizon} must be in [1, chunk size {policy.chunk_size}]")
+            strategy = make_strategy(args.strategy, exec_horizon, args.temporal_k)
             with tqdm(total=max_steps, desc=f"{args.robot} episode {index}", unit="step", leave=False) as bar:
 
                 def on_step(t: int, info, bar=bar) -> None:
@@ -215,7 +225,7 @@ def _replay_results(robot, log, stats, out_dir: Path, index: int) -> dict[str, A
     )
     return {
         "executed": executed_errors(executed, recorded, stats),
-        "chunk": chunk_errors(log.queries, robot.targets[: robot.length], stats),
+        "chunk": chunk_errors(log.queries, robot.actions[: robot.length], stats, robot.is_sim),
         "plot": str(plot),
     }
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from data_utils.dataset import episode_action_deltas
+from data_utils.dataset import chunk_start, episode_action_deltas
 from data_utils.normalization import NormStats
 
 
@@ -57,14 +57,21 @@ def executed_errors(executed: np.ndarray, recorded: np.ndarray, stats: NormStats
     return error_stats(executed, recorded, _normalized_sequence(executed, stats), _normalized_sequence(recorded, stats))
 
 
-def chunk_errors(queries: Sequence[tuple[int, np.ndarray]], recorded: np.ndarray, stats: NormStats) -> dict[str, Any]:
-    """Errors of every predicted chunk step: ``queries`` = ``[(t, (T, A) chunk predicted at t), ...]``."""
+def chunk_errors(
+    queries: Sequence[tuple[int, np.ndarray]], actions: np.ndarray, stats: NormStats, is_sim: bool = True
+) -> dict[str, Any]:
+    """Errors of every predicted chunk step against the recorded ``actions (T, A)``.
+
+    ``queries`` = ``[(t, (T, A) chunk predicted at frame t), ...]``; a chunk is compared with the
+    recorded actions training paired with frame ``t`` (``chunk_start``: one step earlier on real robots).
+    """
     preds, targets = [], []
     for t, chunk in queries:
-        n = max(0, min(len(chunk), len(recorded) - t))
+        start = chunk_start(t, is_sim)
+        n = max(0, min(len(chunk), len(actions) - start))
         preds.append(np.asarray(chunk[:n], np.float64))
-        targets.append(np.asarray(recorded[t : t + n], np.float64))
-    width = recorded.shape[1]
+        targets.append(np.asarray(actions[start : start + n], np.float64))
+    width = actions.shape[1]
     pred = np.concatenate(preds) if preds else np.zeros((0, width))
     target = np.concatenate(targets) if targets else np.zeros((0, width))
     if stats.delta_control:  # differences inside a chunk are not comparable across chunks: raw units only

@@ -25,7 +25,6 @@ one by one, and a run can be repeated. ``seed=None`` draws fresh noise for every
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -164,7 +163,7 @@ class DexVLAPolicy:
         from data_utils.data_collator import Qwen2VLADataCollatorForSupervisedDataset
         from evaluate.inference_config import load_inference_config
         from qwen2_vla.model_load_utils import from_pretrained_vla
-        from qwen2_vla.robot_data_processor import Qwen2VLAProcess
+        from qwen2_vla.robot_data_processor import Qwen2VLAProcess, answer_text
 
         self.ckpt_dir = Path(ckpt_dir)
         if not (self.ckpt_dir / "config.json").exists():
@@ -203,7 +202,12 @@ class DexVLAPolicy:
         )
         self.process = Qwen2VLAProcess(self.tokenizer, processor, data_args, self.camera_names)
         self.collator = Qwen2VLADataCollatorForSupervisedDataset(processor, self.dtype, self.tokenizer)
-        self._accepts_noise = "noise" in inspect.signature(self.model.predict_action).parameters
+        # Answer as in training: generate "reasoning Next action:<|im_end|>" when the model was trained
+        # with reasoning (and a token budget is given), else append the fixed answer it was trained on.
+        trained_with_reasoning = getattr(self.model.config, "use_reasoning", None) is not False
+        self.generate_reasoning = trained_with_reasoning and self.max_new_tokens > 0
+        fixed = answer_text("", trained_with_reasoning)
+        self.fixed_answer_ids = torch.as_tensor(self.tokenizer(fixed, add_special_tokens=False)["input_ids"])
 
     # ---- description ------------------------------------------------------------------------------
     @property
@@ -266,17 +270,8 @@ class DexVLAPolicy:
         return row.expand(batch_size, -1, -1).contiguous()
 
     def _predict(self, features: list[dict[str, torch.Tensor]], states: torch.Tensor) -> tuple[np.ndarray, list[str]]:
-        if self._accepts_noise or self.seed is None or len(features) == 1:
-            return self._predict_batch(features, states)
-        # predict_action takes one generator for the whole batch, so per-row noise needs one call per row
-        # until it accepts the initial noise itself; results are identical either way.
-        rows = [self._predict_batch([f], states[i : i + 1]) for i, f in enumerate(features)]
-        return np.concatenate([r[0] for r in rows]), [r[1][0] for r in rows]
-
-    def _predict_batch(
-        self, features: list[dict[str, torch.Tensor]], states: torch.Tensor
-    ) -> tuple[np.ndarray, list[str]]:
         batch = {k: v.to(self.device) for k, v in self.collator(features).items()}
+        noise = self.noise(len(features))
         kwargs: dict[str, Any] = dict(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -285,17 +280,13 @@ class DexVLAPolicy:
             image_grid_thw=batch.get("image_grid_thw"),
             mm_token_type_ids=batch.get("mm_token_type_ids"),
             max_new_tokens=self.max_new_tokens,
-            generate_reasoning=self.max_new_tokens > 0,
+            generate_reasoning=self.generate_reasoning,
+            answer_ids=self.fixed_answer_ids,
             tokenizer=self.tokenizer,
             num_inference_timesteps=self.num_inference_timesteps,
+            # Per-row noise: a batch gives each observation what it would get alone.
+            noise=None if noise is None else noise.to(self.device),
         )
-        noise = self.noise(len(features))
-        if noise is not None and self._accepts_noise:
-            kwargs["noise"] = noise.to(self.device)
-        elif noise is not None:
-            # One row: a generator seeded with `seed` draws the row's noise inside the head (on CPU the very
-            # numbers of noise(); on CUDA the device generator's, equally fixed by the seed).
-            kwargs["generator"] = _device_generator(self.device, int(self.seed))
         with torch.inference_mode():
             out = self.model.predict_action(**kwargs)
         actions = out.actions.float().cpu().numpy()
@@ -311,11 +302,6 @@ class DexVLAPolicy:
             self.infer(obs)
             times.append(1000.0 * (time.perf_counter() - start))
         return times
-
-
-def _device_generator(device: torch.device, seed: int) -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed`` (the head draws its noise on the model's device)."""
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 __all__ = ["DexVLAPolicy", "ObservationError", "resolve_device", "resolve_dtype", "validate_observation"]

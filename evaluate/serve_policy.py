@@ -101,6 +101,10 @@ class PolicyServer:
             start = time.monotonic()
             try:
                 reply = self._infer(message)
+                reply["server_timing"] = {"infer_ms": 1000.0 * (time.monotonic() - start)}
+                if prev_total_ms is not None:
+                    reply["server_timing"]["prev_total_ms"] = prev_total_ms
+                packed = msgpack_numpy.packb(reply)  # inside the try: an unpackable reply is an error frame too
             except ObservationError as err:
                 logger.warning("bad observation from %s: %s", peer, err)
                 connection.send(f"ObservationError: {err}")
@@ -109,11 +113,7 @@ class PolicyServer:
                 logger.error("request from %s failed:\n%s", peer, traceback.format_exc())
                 connection.send(f"{type(err).__name__}: {err}")
                 continue
-            infer_ms = 1000.0 * (time.monotonic() - start)
-            reply["server_timing"] = {"infer_ms": infer_ms}
-            if prev_total_ms is not None:
-                reply["server_timing"]["prev_total_ms"] = prev_total_ms
-            connection.send(msgpack_numpy.packb(reply))
+            connection.send(packed)
             prev_total_ms = 1000.0 * (time.monotonic() - start)
         logger.info("client disconnected: %s", peer)
 

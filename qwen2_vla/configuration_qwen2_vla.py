@@ -30,6 +30,9 @@ class Qwen2VLAConfig(Qwen2VLConfig):
         image_size_stable (`str`, *optional*): `"(width,height)"` the non-wrist cameras were resized to
             in training; saved so that inference pre-processes exactly as training did.
         image_size_wrist (`str`, *optional*): the same for wrist cameras.
+        use_reasoning (`bool`, *optional*): whether training answered with the sub-step reasoning
+            (``reasoning + "Next action:<|im_end|>"``) or with ``<|im_end|>`` alone; inference
+            generates or appends the answer accordingly.
     """
 
     model_type: ClassVar[str] = "qwen2_vla"
@@ -44,6 +47,7 @@ class Qwen2VLAConfig(Qwen2VLConfig):
     llm_loss_weight: int | float = 1.0
     image_size_stable: str | None = None
     image_size_wrist: str | None = None
+    use_reasoning: bool | None = None
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)

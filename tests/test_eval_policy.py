@@ -208,12 +208,12 @@ def test_rate_limiter_holds_the_rate_and_warns_when_late():
     import time
 
     warnings: list[str] = []
-    limiter = RateLimiter(100.0, warn=warnings.append)
+    limiter = RateLimiter(20.0, warn=warnings.append)  # 50 ms periods: robust to a loaded CI machine
     limiter.start()
     start = time.perf_counter()
     for _ in range(5):
         limiter.wait()
-    assert 0.045 <= time.perf_counter() - start < 0.2 and not warnings
+    assert 0.245 <= time.perf_counter() - start < 0.6 and not warnings
     slow = RateLimiter(1000.0, warn=warnings.append)
     slow.start()
     for _ in range(3):

@@ -66,7 +66,9 @@ def test_overfit_checkpoint_scores_lower_mse(fresh_ckpt, overfit_ckpt, episodes_
     episode = find_all_hdf5(episodes_dir)[0]
     fresh = replay(fresh_ckpt, episode, tmp_path / "fresh", "--strategy", "chunk")
     overfit = replay(overfit_ckpt, episode, tmp_path / "overfit", "--strategy", "chunk")
-    assert fresh["episodes"][0]["queries"] == 30 // CHUNK + 1
+    assert fresh["episodes"][0]["queries"] == 30  # replay queries every recorded frame by default
+    whole_chunks = replay(fresh_ckpt, episode, tmp_path / "chunks", "--strategy", "chunk", "--exec_horizon", str(CHUNK))
+    assert whole_chunks["episodes"][0]["queries"] == 30 // CHUNK + 1
     for key in ("executed_mse_norm", "executed_mse_raw", "chunk_mse_norm"):
         assert overfit[key] < 0.5 * fresh[key], (key, overfit[key], fresh[key])
     # It also learned the episode's reasoning.
@@ -104,6 +106,17 @@ def test_chunk_errors_skip_steps_past_the_recording():
     stats = NormStats(np.zeros(2), np.ones(2), -np.ones(2), np.ones(2), np.zeros(2), np.ones(2))
     result = chunk_errors(queries, recorded, stats)
     assert result["count"] == 5 and result["mse_raw"] == 1.0 and result["mse_norm"] == 1.0
+
+
+def test_chunk_errors_pair_real_robot_frames_as_training_does():
+    from data_utils.normalization import NormStats
+
+    stats = NormStats(np.zeros(1), np.ones(1), -np.ones(1) * 10, np.ones(1) * 10, np.zeros(1), np.ones(1))
+    actions = np.arange(6, dtype=np.float64)[:, None]
+    # On a real robot frames 0 and 1 both pair with actions[0:]; frame 3 with actions[2:].
+    perfect = [(0, actions[0:3]), (1, actions[0:3]), (3, actions[2:5])]
+    assert chunk_errors(perfect, actions, stats, is_sim=False)["mse_raw"] == 0.0
+    assert chunk_errors(perfect, actions, stats, is_sim=True)["mse_raw"] > 0.0
 
 
 def test_agilex_without_ros_says_what_is_missing():

@@ -1,12 +1,13 @@
 """gym-aloha simulation: scripted demonstrations (success rate, recorded episodes) and a closed-loop rollout.
 
-These need gym-aloha + MuJoCo (rendering through EGL). They are skipped only when gym-aloha cannot be
-imported at all, and then say so in the test summary and as a warning.
+These need gym-aloha + MuJoCo (rendering through EGL), both pinned requirements: if they cannot be
+imported the suite fails. Only ``DEXVLA_SKIP_SIM=1`` skips them, and says so.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import h5py
@@ -18,16 +19,20 @@ import transformers
 from evaluate.robots.aloha_sim import gym_aloha_import_error
 
 SIM_IMPORT_ERROR = gym_aloha_import_error()
-if SIM_IMPORT_ERROR is not None:
-    warnings.warn(f"GYM-ALOHA CANNOT BE IMPORTED ({SIM_IMPORT_ERROR}): THE SIMULATION TESTS DID NOT RUN", stacklevel=1)
+# gym-aloha and MuJoCo are pinned requirements: a broken simulation fails the suite. Only an explicit
+# DEXVLA_SKIP_SIM=1 (e.g. a machine without any EGL) turns these tests off, and says so.
+SKIP_SIM = os.environ.get("DEXVLA_SKIP_SIM") == "1"
+if SKIP_SIM:
+    warnings.warn("DEXVLA_SKIP_SIM=1: THE SIMULATION TESTS DID NOT RUN", stacklevel=1)
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        SIM_IMPORT_ERROR is not None,
-        reason=f"GYM-ALOHA CANNOT BE IMPORTED ({SIM_IMPORT_ERROR}): the simulation tests did NOT run",
-    ),
+    pytest.mark.skipif(SKIP_SIM, reason="DEXVLA_SKIP_SIM=1: the simulation tests did NOT run"),
 ]
+
+
+def test_gym_aloha_imports():
+    assert SIM_IMPORT_ERROR is None, f"gym-aloha cannot be imported: {SIM_IMPORT_ERROR}"
 transformers.logging.set_verbosity_error()
 
 

@@ -219,6 +219,7 @@ def test_parse_param_stock_model_and_checkpoint(tiny_model_dir: Path, tmp_path: 
     assert (head.prediction_horizon, head.state_dim, head.action_dim) == (8, 14, 14)
     assert config.llm_loss_weight == 0.5 and config.using_film
     assert (config.image_size_stable, config.image_size_wrist) == ("(56,56)", "(56,56)")
+    assert config.use_reasoning is True
 
     # A VLA checkpoint keeps its head; arguments that contradict it are rejected by name.
     checkpoint = tmp_path / "vla"

@@ -19,15 +19,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from data_utils.dataset import chunk_start
 from data_utils.hdf5_io import ACTION_KEY, QPOS_KEY, read_frame, read_language
 from evaluate.robots.base import Observation, Robot, StepInfo
 
 
 def recorded_targets(action: np.ndarray, is_sim: bool) -> np.ndarray:
-    """``(T, action_dim)``: the recorded action training pairs with each frame ``t``."""
-    if is_sim:
-        return action.copy()
-    return action[np.maximum(np.arange(len(action)) - 1, 0)]
+    """``(T, action_dim)``: the recorded action training pairs with each frame ``t`` (first of its chunk)."""
+    return action[[chunk_start(t, is_sim) for t in range(len(action))]].copy()
 
 
 class ReplayRobot(Robot):
@@ -84,6 +83,7 @@ class ReplayRobot(Robot):
             raise KeyError(f"{path}: no camera {missing}; it has {sorted(images)} (map cameras with --camera_map)")
         action = self._file[ACTION_KEY][()].astype(np.float32)
         self.is_sim = bool(self._file.attrs.get("sim", False))
+        self.actions = action
         self.targets = recorded_targets(action, self.is_sim)
         self.qpos = self._file[QPOS_KEY][()].astype(np.float32)
         self.length = len(action) if self.max_steps is None else min(len(action), int(self.max_steps))
