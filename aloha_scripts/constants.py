@@ -43,6 +43,12 @@ TASK_CONFIGS: dict[str, dict[str, Any]] = {
         "episode_len": 400,
         "camera_names": ["top", "left_wrist", "right_wrist"],
     },
+    # Scripted gym-aloha insertion demonstrations: `scripts/record_sim_episodes.py --task insertion`.
+    "sim_insertion_scripted": {
+        "dataset_dir": [str(ARTIFACTS_DIR / "sim_insertion_scripted")],
+        "episode_len": 400,
+        "camera_names": ["top", "left_wrist", "right_wrist"],
+    },
     # Template for a real ALOHA task: point dataset_dir at your recorded episodes.
     "folding_shirt": {
         "dataset_dir": ["data/aloha/folding_shirt"],

@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import h5py
@@ -112,3 +112,55 @@ def read_reasoning(root: h5py.File, t: int) -> str:
 def episode_length(path: str | os.PathLike) -> int:
     with h5py.File(path, "r") as root:
         return int(root[ACTION_KEY].shape[0])
+
+
+def write_episode(
+    path: str | Path,
+    actions: np.ndarray,
+    qpos: np.ndarray,
+    qvel: np.ndarray,
+    images: dict[str, np.ndarray],
+    instruction: str,
+    reasoning: Sequence[str],
+    compress: bool = False,
+    sim: bool = True,
+) -> Path:
+    """Write one ACT-layout episode atomically (temp file + rename).
+
+    ``actions, qpos, qvel (T, D)``, ``images {camera: (T, H, W, 3) uint8}`` (stored raw, or as
+    zero-padded JPEG buffers with ``compress``), one ``instruction`` and ``reasoning`` per step.
+    """
+    path = Path(path)
+    length = len(actions)
+    if not (len(qpos) == len(qvel) == len(reasoning) == length):
+        raise ValueError(f"episode parts differ in length: {length}, {len(qpos)}, {len(qvel)}, {len(reasoning)}")
+    for camera, frames in images.items():
+        if frames.shape[0] != length or frames.dtype != np.uint8 or frames.ndim != 4:
+            raise ValueError(f"camera {camera}: frames must be ({length}, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as root:
+        root.attrs["sim"] = sim
+        root.attrs["compress"] = compress
+        root.create_dataset("action", data=np.asarray(actions, dtype=np.float32))
+        obs = root.create_group("observations")
+        obs.create_dataset("qpos", data=np.asarray(qpos, dtype=np.float32))
+        obs.create_dataset("qvel", data=np.asarray(qvel, dtype=np.float32))
+        group = obs.create_group("images")
+        if compress:
+            encoded = {cam: [encode_jpeg(frame) for frame in frames] for cam, frames in images.items()}
+            width = max((len(b) for bufs in encoded.values() for b in bufs), default=0)
+            compress_len = np.zeros((len(images), length), dtype=np.int64)
+            for c, (cam, bufs) in enumerate(encoded.items()):
+                padded = np.zeros((length, width), dtype=np.uint8)
+                for t, buf in enumerate(bufs):
+                    padded[t, : len(buf)] = np.frombuffer(buf, dtype=np.uint8)
+                    compress_len[c, t] = len(buf)
+                group.create_dataset(cam, data=padded)
+            root.create_dataset("compress_len", data=compress_len)
+        else:
+            for cam, frames in images.items():
+                group.create_dataset(cam, data=frames, chunks=(1, *frames.shape[1:]))
+        root.create_dataset("language_raw", data=np.array([instruction.encode()]))
+        root.create_dataset("substep_reasonings", data=np.array([r.encode() for r in reasoning]))
+    tmp.replace(path)
+    return path

@@ -17,13 +17,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aloha_scripts.constants import ALOHA_CAMERAS  # noqa: E402
-from data_utils.hdf5_io import encode_jpeg  # noqa: E402
+from data_utils.hdf5_io import write_episode  # noqa: E402
 
 STATE_DIM = 14
 LANGUAGE = "move both arms to the red square"
@@ -93,31 +92,9 @@ def make_episode(
     qvel = np.diff(qpos, axis=0, prepend=qpos[:1])
     frames = [render_frames(position, qpos[t], height, width) for t in range(episode_len)]
 
-    with h5py.File(path, "w") as root:
-        root.attrs["sim"] = True
-        root.attrs["compress"] = compress
-        root.create_dataset("action", data=action)
-        obs = root.create_group("observations")
-        obs.create_dataset("qpos", data=qpos)
-        obs.create_dataset("qvel", data=qvel)
-        images = obs.create_group("images")
-        if compress:
-            encoded = {cam: [encode_jpeg(f[cam]) for f in frames] for cam in camera_names}
-            max_len = max(len(b) for bufs in encoded.values() for b in bufs)
-            compress_len = np.zeros((len(camera_names), episode_len), dtype=np.int64)
-            for c, cam in enumerate(camera_names):
-                padded = np.zeros((episode_len, max_len), dtype=np.uint8)
-                for t, buf in enumerate(encoded[cam]):
-                    padded[t, : len(buf)] = np.frombuffer(buf, dtype=np.uint8)
-                    compress_len[c, t] = len(buf)
-                images.create_dataset(cam, data=padded)
-            root.create_dataset("compress_len", data=compress_len)
-        else:
-            for cam in camera_names:
-                images.create_dataset(cam, data=np.stack([f[cam] for f in frames]), chunks=(1, height, width, 3))
-        root.create_dataset("language_raw", data=np.array([LANGUAGE.encode()]))
-        reasonings = [reasoning_for_step(t, episode_len).encode() for t in range(episode_len)]
-        root.create_dataset("substep_reasonings", data=np.array(reasonings))
+    images = {cam: np.stack([f[cam] for f in frames]) for cam in camera_names}
+    reasonings = [reasoning_for_step(t, episode_len) for t in range(episode_len)]
+    write_episode(path, action, qpos, qvel, images, LANGUAGE, reasonings, compress=compress, sim=True)
 
 
 def make_example_episodes(

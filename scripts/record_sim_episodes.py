@@ -21,71 +21,23 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import h5py
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aloha_scripts.constants import ARTIFACTS_DIR, TASK_CONFIGS  # noqa: E402
-from data_utils.hdf5_io import encode_jpeg  # noqa: E402
+from data_utils.hdf5_io import write_episode  # noqa: E402
 
 DEFAULT_CAMERAS = ("top", "left_wrist", "right_wrist")
 
 
-def write_episode(
-    path: str | Path,
-    actions: np.ndarray,
-    qpos: np.ndarray,
-    qvel: np.ndarray,
-    images: dict[str, np.ndarray],
-    instruction: str,
-    reasoning: Sequence[str],
-    compress: bool = False,
-) -> Path:
-    """Write one ACT-layout episode: ``actions, qpos, qvel (T, 14)``, ``images {camera: (T, H, W, 3) uint8}``."""
-    path = Path(path)
-    length = len(actions)
-    if not (len(qpos) == len(qvel) == len(reasoning) == length):
-        raise ValueError(f"episode parts differ in length: {length}, {len(qpos)}, {len(qvel)}, {len(reasoning)}")
-    for camera, frames in images.items():
-        if frames.shape[0] != length or frames.dtype != np.uint8 or frames.ndim != 4:
-            raise ValueError(f"camera {camera}: frames must be ({length}, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as root:
-        root.attrs["sim"] = True
-        root.attrs["compress"] = compress
-        root.create_dataset("action", data=np.asarray(actions, dtype=np.float32))
-        obs = root.create_group("observations")
-        obs.create_dataset("qpos", data=np.asarray(qpos, dtype=np.float32))
-        obs.create_dataset("qvel", data=np.asarray(qvel, dtype=np.float32))
-        group = obs.create_group("images")
-        if compress:
-            encoded = {cam: [encode_jpeg(frame) for frame in frames] for cam, frames in images.items()}
-            width = max((len(b) for bufs in encoded.values() for b in bufs), default=0)
-            compress_len = np.zeros((len(images), length), dtype=np.int64)
-            for c, (cam, bufs) in enumerate(encoded.items()):
-                padded = np.zeros((length, width), dtype=np.uint8)
-                for t, buf in enumerate(bufs):
-                    padded[t, : len(buf)] = np.frombuffer(buf, dtype=np.uint8)
-                    compress_len[c, t] = len(buf)
-                group.create_dataset(cam, data=padded)
-            root.create_dataset("compress_len", data=compress_len)
-        else:
-            for cam, frames in images.items():
-                group.create_dataset(cam, data=frames, chunks=(1, *frames.shape[1:]))
-        root.create_dataset("language_raw", data=np.array([instruction.encode()]))
-        root.create_dataset("substep_reasonings", data=np.array([r.encode() for r in reasoning]))
-    tmp.replace(path)
-    return path
-
-
 def default_out_dir(task: str) -> Path:
-    if task == "transfer_cube" and "sim_transfer_cube_scripted" in TASK_CONFIGS:
-        return Path(TASK_CONFIGS["sim_transfer_cube_scripted"]["dataset_dir"][0])
-    return ARTIFACTS_DIR / f"sim_{task}_scripted"
+    """The ``dataset_dir`` of the task's ``sim_<task>_scripted`` entry in ``TASK_CONFIGS``."""
+    name = f"sim_{task}_scripted"
+    if name in TASK_CONFIGS:
+        return Path(TASK_CONFIGS[name]["dataset_dir"][0])
+    return ARTIFACTS_DIR / name
 
 
 def record_sim_episodes(
@@ -100,18 +52,27 @@ def record_sim_episodes(
     keep_failed: bool = False,
     episode_len: int | None = None,
     dry_run: bool = False,
-    log=print,
+    log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict:
     """Record ``num_episodes`` scripted episodes; returns the summary (``success_rate``, per-seed results).
 
-    ``dry_run``: render nothing and write no episode, only measure the scripted policy's success rate.
+    ``dry_run``: render nothing and write nothing, only measure the scripted policy's success rate.
+    ``overwrite``: allow writing into a directory that already holds episodes (they are removed first,
+    so no stale ``episode_N.hdf5`` of an earlier, longer run stays behind).
     """
     from evaluate.aloha_sim.demonstrations import replay_in_joint_env, scripted_joint_trajectory
     from evaluate.aloha_sim.envs import get_sim_task
 
     spec = get_sim_task(task)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not dry_run:
+        existing = sorted(out_dir.glob("episode_*.hdf5")) if out_dir.exists() else []
+        if existing and not overwrite:
+            raise FileExistsError(f"{out_dir} already holds {len(existing)} episodes; pass --overwrite to replace them")
+        for path in existing:
+            path.unlink()
+        out_dir.mkdir(parents=True, exist_ok=True)
     results, written = [], 0
     for i in range(num_episodes):
         start = time.perf_counter()
@@ -146,7 +107,8 @@ def record_sim_episodes(
         "dry_run": dry_run,
         "episodes": results,
     }
-    (out_dir / "record_summary.json").write_text(json.dumps(summary, indent=2))
+    if not dry_run:
+        (out_dir / "record_summary.json").write_text(json.dumps(summary, indent=2))
     log(f"scripted {task}: {successes}/{num_episodes} successful ({100 * summary['success_rate']:.0f}%), "
         f"{written} episodes written to {out_dir}")
     return summary
@@ -165,11 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compress", action="store_true", help="store frames as JPEG bytes (ACT's compress)")
     parser.add_argument("--keep_failed", action="store_true", help="also write episodes whose replay failed")
     parser.add_argument("--dry_run", action="store_true", help="only measure the success rate: no images, no files")
+    parser.add_argument("--overwrite", action="store_true", help="replace the episodes already in the output directory")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else default_out_dir(args.task)
     record_sim_episodes(
         args.task, out, args.num_episodes, args.seed, args.camera_names, args.height, args.width, args.compress,
-        args.keep_failed, args.episode_len, args.dry_run,
+        args.keep_failed, args.episode_len, args.dry_run, overwrite=args.overwrite,
     )
     return 0
 

@@ -137,3 +137,31 @@ def test_summary_table_formatting():
     lines = table.splitlines()
     assert lines[0].split() == ["a", "b", "c"] and lines[2].split() == ["1", "0.1235", "-"]
     assert lines[3].split() == ["mean", "yes", "-"]
+
+
+def test_agilex_observations_must_be_fresh():
+    """Without ROS: drive the subscriber callbacks by hand; a silent topic must stop the loop."""
+    import threading
+    from types import SimpleNamespace
+
+    from evaluate.robots.agilex import AgileXRobot
+
+    robot = AgileXRobot.__new__(AgileXRobot)  # skip the ROS node; the callbacks are plain methods
+    robot.camera_names, robot.prompt, robot.obs_timeout_s = ["cam_high"], "p", 0.05
+    robot._lock, robot._images, robot._arms = threading.Condition(), {}, [None, None]
+    robot._received, robot._last_obs_time = {}, float("-inf")
+    robot._bridge = SimpleNamespace(imgmsg_to_cv2=lambda msg, desired_encoding: msg)
+    frame = np.zeros((4, 4, 3), dtype=np.uint8)
+
+    def publish_all():
+        robot._on_image(frame, "cam_high")
+        for arm in (0, 1):
+            robot._on_joints(SimpleNamespace(position=[0.1] * 7), arm)
+
+    publish_all()
+    assert robot.get_obs()["state"].shape == (14,)
+    robot._on_image(frame, "cam_high")  # the arms fall silent
+    with pytest.raises(TimeoutError, match="arm0, arm1"):
+        robot.get_obs()
+    publish_all()
+    assert robot.get_obs()["images"]["cam_high"].shape == (4, 4, 3)

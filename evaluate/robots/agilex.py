@@ -107,8 +107,12 @@ class AgileXRobot(Robot):
         self._lock = threading.Condition()
         self._images: dict[str, np.ndarray] = {}
         self._arms: list[np.ndarray | None] = [None, None]
-        self._stamp = 0
+        # Receive time of each topic's latest message: an observation must be newer than the last one
+        # handed out, so a dead camera or arm topic stops the loop instead of feeding stale data.
+        self._received: dict[str, float] = {}
+        self._last_obs_time = float("-inf")
         self._last_command: np.ndarray | None = None
+        self.clamped_steps = 0
 
         self._rospy.init_node(node_name, anonymous=True, disable_signals=True)
         self._subscribers = [
@@ -126,36 +130,43 @@ class AgileXRobot(Robot):
         frame = self._bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
         with self._lock:
             self._images[camera] = np.asarray(frame, dtype=np.uint8)
-            self._stamp += 1
+            self._received[camera] = time.monotonic()
             self._lock.notify_all()
 
     def _on_joints(self, msg: Any, arm: int) -> None:
         with self._lock:
             self._arms[arm] = np.asarray(msg.position[:JOINTS_PER_ARM], dtype=np.float32)
-            self._stamp += 1
+            self._received[f"arm{arm}"] = time.monotonic()
             self._lock.notify_all()
 
     # ---- Robot --------------------------------------------------------------------------------------
-    def _complete(self) -> bool:
-        return all(cam in self._images for cam in self.camera_names) and all(a is not None for a in self._arms)
+    def _stale_topics(self) -> list[str]:
+        """Topics with no message since the previous observation was handed out."""
+        topics = [*self.camera_names, "arm0", "arm1"]
+        return [t for t in topics if self._received.get(t, float("-inf")) <= self._last_obs_time]
 
     def get_obs(self) -> Observation:
+        """The next observation, every camera and arm newer than the previous one (else ``TimeoutError``)."""
         deadline = time.monotonic() + self.obs_timeout_s
         with self._lock:
-            while not self._complete():
+            while stale := self._stale_topics():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    have = sorted(self._images) + [f"arm{i}" for i, a in enumerate(self._arms) if a is not None]
-                    raise TimeoutError(f"no message on every topic within {self.obs_timeout_s} s (have: {have})")
+                    raise TimeoutError(f"no fresh message within {self.obs_timeout_s} s on: {', '.join(stale)}")
                 self._lock.wait(remaining)
+            self._last_obs_time = time.monotonic()
             return {
                 "images": {cam: self._images[cam].copy() for cam in self.camera_names},
                 "state": np.concatenate(self._arms),
                 "prompt": self.prompt,
             }
 
+    def episode_summary(self) -> dict[str, Any]:
+        return {"clamped_steps": self.clamped_steps}
+
     def reset(self) -> Observation:
         self._last_command = None
+        self.clamped_steps = 0
         obs = self.get_obs()
         self._last_command = obs["state"].copy()
         return obs
@@ -169,8 +180,13 @@ class AgileXRobot(Robot):
                 action, self._last_command - self.max_joint_step, self._last_command + self.max_joint_step
             )
             if not np.allclose(clamped, action):
-                warnings.warn(f"commanded joints moved more than {self.max_joint_step} rad in one step: clamped",
-                              stacklevel=2)
+                self.clamped_steps += 1
+                if self.clamped_steps == 1 or self.clamped_steps % 50 == 0:  # every clamp counts; logs stay readable
+                    warnings.warn(
+                        f"commanded joints moved more than {self.max_joint_step} rad in one step: clamped "
+                        f"({self.clamped_steps} steps so far)",
+                        stacklevel=2,
+                    )
             action = clamped
         now = self._rospy.Time.now()
         for arm, publisher in enumerate(self._publishers):
