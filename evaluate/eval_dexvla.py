@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (cuda when present)")
     model.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
     model.add_argument("--max_new_tokens", type=int, default=64, help="reasoning budget per query (0: no reasoning)")
-    model.add_argument("--seed", type=int, default=0, help="DDIM noise seed (and sim episode seeds)")
+    model.add_argument(
+        "--seed", type=int, default=0, help="DDIM noise seed (and sim episode seeds); -1: fresh noise every query"
+    )
     model.add_argument("--num_inference_timesteps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
     model.add_argument("--image_size_stable", default=None, help="override the checkpoint's '(W,H)'")
     model.add_argument("--image_size_wrist", default=None, help="override the checkpoint's '(W,H)'")
@@ -116,7 +118,7 @@ def make_robot(args: argparse.Namespace, camera_names: Sequence[str], out_dir: P
         from evaluate.robots.aloha_sim import AlohaSimRobot
 
         return AlohaSimRobot(
-            args.task, camera_names, camera_map, args.sim_height, args.sim_width, args.seed, args.max_steps,
+            args.task, camera_names, camera_map, args.sim_height, args.sim_width, max(args.seed, 0), args.max_steps,
             args.prompt, out_dir / "videos" if args.save_video else None,
         )
     from evaluate.robots.agilex import DEFAULT_COMMAND_TOPICS, DEFAULT_STATE_TOPICS, AgileXRobot
@@ -162,7 +164,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out) if args.out else Path("outputs/eval") / ckpt.name / args.robot
     out_dir.mkdir(parents=True, exist_ok=True)
     policy = DexVLAPolicy(
-        ckpt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        ckpt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+        seed=None if args.seed < 0 else args.seed,
         num_inference_timesteps=args.num_inference_timesteps, image_size_stable=args.image_size_stable,
         image_size_wrist=args.image_size_wrist, default_prompt=args.prompt,
     )

@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
     parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="fixed DDIM noise per request; -1: fresh noise each time")
+    parser.add_argument("--num_inference_timesteps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
     parser.add_argument("--image_size_stable", default=None)
     parser.add_argument("--image_size_wrist", default=None)
     parser.add_argument("--default_prompt", default=None, help="used when a request has no prompt")
@@ -158,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from evaluate.policy import DexVLAPolicy
 
     policy = DexVLAPolicy(
-        args.ckpt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        args.ckpt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+        seed=None if args.seed < 0 else args.seed, num_inference_timesteps=args.num_inference_timesteps,
         image_size_stable=args.image_size_stable, image_size_wrist=args.image_size_wrist,
         default_prompt=args.default_prompt,
     )

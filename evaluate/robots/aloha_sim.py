@@ -145,7 +145,9 @@ class AlohaSimRobot(Robot):
 
         self.video_dir.mkdir(parents=True, exist_ok=True)
         path = self.video_dir / f"{self.spec.name}_episode_{self._episode}.mp4"
-        imageio.mimsave(path, self._frames, fps=50, macro_block_size=1)
+        from evaluate.aloha_sim.envs import FPS
+
+        imageio.mimsave(path, self._frames, fps=FPS, macro_block_size=1)
         self._frames = []
         return path
 
@@ -155,6 +157,7 @@ class AlohaSimRobot(Robot):
             "seed": self.seed + self._episode,
             "steps": self._t,
             "success": bool(self._success),
+            # Summed over the steps run: an episode ends at success, so compare success rates first.
             "return": float(rewards.sum()),
             "max_reward": float(rewards.max()) if len(rewards) else 0.0,
         }
