@@ -29,6 +29,8 @@ lint: venv
 
 bench: venv
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_policy_head.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf artifacts outputs .pytest_cache

@@ -16,8 +16,8 @@ ART=${DEXVLA_ARTIFACTS:-artifacts}
 export DEXVLA_ARTIFACTS=$ART
 MODEL=${MODEL:-$ART/tiny_qwen2_vl}
 OUTPUT=${OUTPUT:-outputs/tiny_cpu}
-STAGE2_STEPS=${STAGE2_STEPS:-200}
-STAGE3_STEPS=${STAGE3_STEPS:-100}
+STAGE2_STEPS=${STAGE2_STEPS:-1500}
+STAGE3_STEPS=${STAGE3_STEPS:-300}
 LAUNCHER=${LAUNCHER:-python}
 NPROC=${NPROC:-2}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -44,10 +44,10 @@ COMMON=(
   --chunk_size 16
   --policy_head_type scale_dp_policy --policy_head_size ScaleDP_tiny
   --image_size_stable "(56,56)" --image_size_wrist "(56,56)"
-  --per_device_train_batch_size 4
+  --per_device_train_batch_size 8
   --gradient_accumulation_steps 1
-  --learning_rate 3e-4 --weight_decay 0.0
-  --logging_steps 20
+  --learning_rate 1e-3 --weight_decay 0.0
+  --logging_steps 100
   --save_strategy steps --save_total_limit 2
   --dataloader_num_workers 0
   --report_to tensorboard
