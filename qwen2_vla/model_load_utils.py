@@ -109,6 +109,8 @@ def from_pretrained_vla(
 
         adapter = json.loads((Path(path) / "adapter_config.json").read_text())
         base_path = adapter.get("base_model_name_or_path")
+        if base_path and not Path(base_path).is_absolute():
+            base_path = str(Path(path) / base_path)  # the trainer writes it relative to the checkpoint
         if not base_path or not Path(base_path).exists():
             raise FileNotFoundError(
                 f"{path}/adapter_config.json: base_model_name_or_path={base_path!r} does not exist; "

@@ -24,6 +24,7 @@ losses; here only hooks are overridden:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -64,6 +65,7 @@ NON_LORA_MODULES: tuple[str, ...] = (
 HEAD_NON_LORA_MODULES: tuple[str, ...] = HEAD_FULLY_TRAINED
 COMPONENT_LOSSES: tuple[str, ...] = ("llm_loss", "action_loss")
 STAGING_PREFIX = ".staging-"
+LORA_BASE_DIR_NAME = "lora_base"
 
 
 def non_lora_module_keywords(lora_modules: Sequence[str]) -> tuple[str, ...]:
@@ -306,10 +308,55 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
             base.config.save_pretrained(output_dir)
             if base.generation_config is not None:
                 base.generation_config.save_pretrained(output_dir)
+            self._point_adapter_at_run_base(model, output_dir)
         if self.norm_stats is not None:
             self.norm_stats.save(output_dir)  # atomic (temp file + rename)
         if self.ema is not None and self.ema.shadow:
             self.ema.save(output_dir)
+
+    def _save_lora_base(self, model: nn.Module) -> str:
+        """The frozen base weights, once per run, in ``output_dir/lora_base`` (a plain VLA checkpoint).
+
+        LoRA freezes the backbone, so one copy serves every ``checkpoint-N``; with it a run directory
+        holds everything its adapters need, whatever happens to the model it started from.
+        """
+        base_dir = os.path.join(self.args.output_dir, LORA_BASE_DIR_NAME)
+        if os.path.isfile(os.path.join(base_dir, "config.json")):
+            return base_dir
+        base = model.get_base_model()
+        state = {}
+        for name, tensor in base.state_dict().items():
+            if "lora_" in name or ".modules_to_save." in name:
+                continue  # the adapter checkpoint holds these
+            state[name.replace(".base_layer.", ".").replace(".original_module.", ".")] = tensor
+        staging = base_dir + ".tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        base.save_pretrained(staging, state_dict=state)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(staging)
+        if self.norm_stats is not None:
+            self.norm_stats.save(staging)
+        os.replace(staging, base_dir)
+        return base_dir
+
+    def _point_adapter_at_run_base(self, model: nn.Module, output_dir: str) -> None:
+        """Make ``adapter_config.json`` name the run's ``lora_base`` by a path relative to the checkpoint."""
+        adapter_config = os.path.join(output_dir, "adapter_config.json")
+        if not os.path.isfile(adapter_config) or is_deepspeed_zero3_enabled():
+            return  # ZeRO-3 shards the base: the merged export at the end is the self-contained model
+        base_dir = self._save_lora_base(model)
+        # A staged checkpoint is renamed to <output_dir>/checkpoint-N: relative to where it will live.
+        final_dir = output_dir
+        if self._staging_run_dir is not None and os.path.abspath(output_dir).startswith(
+            os.path.abspath(self._staging_run_dir)
+        ):
+            final_dir = os.path.join(self.args.output_dir, os.path.basename(os.path.normpath(output_dir)))
+        with open(adapter_config) as f:
+            data = json.load(f)
+        data["base_model_name_or_path"] = os.path.relpath(base_dir, final_dir)
+        with open(adapter_config + ".tmp", "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(adapter_config + ".tmp", adapter_config)
 
     def save_merged_model(self, output_dir: str) -> str | None:
         """Merge the LoRA weights into the base model and save a plain, self-contained VLA at ``output_dir``.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -305,8 +306,14 @@ def test_stage2_then_stage3_full_and_lora_then_reload(tiny_model_dir: Path, tiny
     }
     merged = Qwen2VLAForConditionalGeneration.from_pretrained(merged_dir)
     _assert_same_weights(merged, trainer_lora.model.get_base_model().state_dict())
-    # The last adapter checkpoint (same step) loads onto its base and merges to the same model.
-    from_adapter = from_pretrained_vla(lora / "checkpoint-2")
+    # The last adapter checkpoint (same step) loads onto its base and merges to the same model, also
+    # after the run directory moved: the adapter names the run's own lora_base by a relative path.
+    adapter = json.loads((lora / "checkpoint-2" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "../lora_base"
+    moved = tmp_path / "moved_run"
+    shutil.copytree(lora / "checkpoint-2", moved / "checkpoint-2")
+    shutil.copytree(lora / "lora_base", moved / "lora_base")
+    from_adapter = from_pretrained_vla(moved / "checkpoint-2")
     for name, value in merged.state_dict().items():
         torch.testing.assert_close(from_adapter.state_dict()[name], value, msg=name)
 
