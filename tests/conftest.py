@@ -22,6 +22,7 @@ torch.set_num_threads(1)
 from scripts.make_example_episodes import make_example_episodes  # noqa: E402
 
 CAMERAS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
+EVAL_CHUNK = 8  # chunk size of the tiny evaluation checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +45,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from scripts.make_tiny_qwen2_vl import build_tiny_qwen2_vl
 
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vla_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, episodes_dir: Path) -> Path:
+    """A self-contained (untrained) tiny VLA checkpoint directory, as evaluation loads it. Read-only."""
+    from evaluate.testing import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_vla_ckpt"), tiny_model_dir, episodes_dir, CAMERAS, EVAL_CHUNK)

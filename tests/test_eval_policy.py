@@ -18,26 +18,18 @@ from evaluate.action_strategies import ChunkExecution, TemporalAggregation, make
 from evaluate.control_loop import RateLimiter
 from evaluate.inference_config import EVAL_CONFIG_FILE, load_inference_config, save_eval_config
 from evaluate.policy import DexVLAPolicy, ObservationError, resolve_dtype
-from evaluate.testing import build_tiny_checkpoint
 from qwen2_vla.modeling_qwen2_vla import Qwen2VLAActionOutput
-from tests.conftest import CAMERAS
+from tests.conftest import CAMERAS, EVAL_CHUNK
 
 transformers.logging.set_verbosity_error()
-CHUNK = 8
+CHUNK = EVAL_CHUNK
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices on 2 shared cores: one thread is much faster than two spinning against each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_model_dir, episodes_dir):
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("eval_ckpt"), tiny_model_dir, episodes_dir, CAMERAS, CHUNK)
+def ckpt(tiny_vla_ckpt):
+    return tiny_vla_ckpt
 
 
 @pytest.fixture(scope="module")

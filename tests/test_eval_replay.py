@@ -6,31 +6,24 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from data_utils.hdf5_io import find_all_hdf5
 from evaluate.eval_dexvla import build_parser, evaluate, format_table
 from evaluate.metrics import chunk_errors, error_stats
 from evaluate.robots.replay import ReplayRobot, recorded_targets
-from evaluate.testing import build_tiny_checkpoint, overfit_checkpoint
-from tests.conftest import CAMERAS
+from evaluate.testing import overfit_checkpoint
+from tests.conftest import CAMERAS, EVAL_CHUNK
 
 transformers.logging.set_verbosity_error()
-CHUNK = 8
+CHUNK = EVAL_CHUNK
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
-def fresh_ckpt(tmp_path_factory, tiny_model_dir, episodes_dir):
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("fresh"), tiny_model_dir, episodes_dir, CAMERAS, CHUNK)
+def fresh_ckpt(tiny_vla_ckpt):
+    return tiny_vla_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 import transformers
 from openpi_client import msgpack_numpy as openpi_msgpack
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
@@ -17,26 +16,18 @@ from data_utils.hdf5_io import find_all_hdf5
 from evaluate import msgpack_numpy
 from evaluate.policy import DexVLAPolicy
 from evaluate.serve_policy import PolicyServer, dummy_observation
-from evaluate.testing import build_tiny_checkpoint
-from tests.conftest import CAMERAS
+from tests.conftest import CAMERAS, EVAL_CHUNK
 from tests.test_eval_policy import observation
 
 transformers.logging.set_verbosity_error()
-CHUNK = 8
+CHUNK = EVAL_CHUNK
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory, tiny_model_dir, episodes_dir):
-    ckpt = build_tiny_checkpoint(tmp_path_factory.mktemp("serve_ckpt"), tiny_model_dir, episodes_dir, CAMERAS, CHUNK)
-    return DexVLAPolicy(ckpt, device="cpu", max_new_tokens=4, seed=0)
+def policy(tiny_vla_ckpt):
+    return DexVLAPolicy(tiny_vla_ckpt, device="cpu", max_new_tokens=4, seed=0)
 
 
 @pytest.fixture(scope="module")

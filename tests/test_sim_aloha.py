@@ -13,7 +13,6 @@ import warnings
 import h5py
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from evaluate.robots.aloha_sim import gym_aloha_import_error
@@ -34,14 +33,6 @@ pytestmark = [
 def test_gym_aloha_imports():
     assert SIM_IMPORT_ERROR is None, f"gym-aloha cannot be imported: {SIM_IMPORT_ERROR}"
 transformers.logging.set_verbosity_error()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize(("task", "num_episodes", "min_successes"), [("transfer_cube", 5, 5), ("insertion", 4, 4)])
@@ -76,15 +67,12 @@ def test_record_sim_episodes_writes_act_layout(tmp_path):
     assert any(s.startswith("grasp") for s in substeps) and any(s.startswith("lift") for s in substeps)
 
 
-def test_closed_loop_rollout_of_the_tiny_policy(tmp_path, tiny_model_dir, episodes_dir):
+def test_closed_loop_rollout_of_the_tiny_policy(tmp_path, tiny_vla_ckpt):
     from evaluate.eval_dexvla import build_parser, evaluate
-    from evaluate.testing import build_tiny_checkpoint
-    from tests.conftest import CAMERAS
 
     # A policy with ALOHA camera names: the sim renders cam_high from `top` and the wrists from the wrist cameras.
-    ckpt = build_tiny_checkpoint(tmp_path / "ckpt", tiny_model_dir, episodes_dir, CAMERAS, chunk_size=8)
     args = build_parser().parse_args(
-        ["--ckpt", str(ckpt), "--robot", "aloha_sim", "--task", "transfer_cube", "--num_episodes", "1",
+        ["--ckpt", str(tiny_vla_ckpt), "--robot", "aloha_sim", "--task", "transfer_cube", "--num_episodes", "1",
          "--max_steps", "12", "--strategy", "chunk", "--exec_horizon", "4", "--max_new_tokens", "2",
          "--sim_height", "48", "--sim_width", "64", "--save_video", "--out", str(tmp_path / "sim"), "--warmup", "1"]
     )
