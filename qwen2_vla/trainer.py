@@ -321,7 +321,9 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
         holds everything its adapters need, whatever happens to the model it started from.
         """
         base_dir = os.path.join(self.args.output_dir, LORA_BASE_DIR_NAME)
-        if os.path.isfile(os.path.join(base_dir, "config.json")):
+        # Written by this trainer already; one left by an earlier run into the same directory may hold
+        # another base model, so the first save of every run writes it afresh.
+        if getattr(self, "_lora_base_written", False):
             return base_dir
         base = model.get_base_model()
         state = {}
@@ -336,7 +338,10 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
             self.processing_class.save_pretrained(staging)
         if self.norm_stats is not None:
             self.norm_stats.save(staging)
+        if os.path.isdir(base_dir):
+            shutil.rmtree(base_dir)
         os.replace(staging, base_dir)
+        self._lora_base_written = True
         return base_dir
 
     def _point_adapter_at_run_base(self, model: nn.Module, output_dir: str) -> None:
