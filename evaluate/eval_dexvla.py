@@ -228,7 +228,7 @@ def _replay_results(robot, log, stats, out_dir: Path, index: int) -> dict[str, A
     )
     return {
         "executed": executed_errors(executed, recorded, stats),
-        "chunk": chunk_errors(log.queries, robot.actions[: robot.length], stats, robot.is_sim),
+        "chunk": chunk_errors(log.queries, robot.actions[: robot.length], stats, robot.is_sim, robot.qpos),
         "plot": str(plot),
     }
 

@@ -58,25 +58,40 @@ def executed_errors(executed: np.ndarray, recorded: np.ndarray, stats: NormStats
 
 
 def chunk_errors(
-    queries: Sequence[tuple[int, np.ndarray]], actions: np.ndarray, stats: NormStats, is_sim: bool = True
+    queries: Sequence[tuple[int, np.ndarray]],
+    actions: np.ndarray,
+    stats: NormStats,
+    is_sim: bool = True,
+    qpos: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Errors of every predicted chunk step against the recorded ``actions (T, A)``.
 
     ``queries`` = ``[(t, (T, A) chunk predicted at frame t), ...]``; a chunk is compared with the
     recorded actions training paired with frame ``t`` (``chunk_start``: one step earlier on real robots).
+    With ``delta_control`` the normalised errors are those of the deltas the model predicts: the
+    chunk's steps relative to the query-time state ``qpos (T, S)`` against the recorded deltas.
     """
-    preds, targets = [], []
+    preds, targets, pred_deltas, target_deltas = [], [], [], []
+    recorded_deltas = episode_action_deltas(np.asarray(actions, np.float64)) if stats.delta_control else None
     for t, chunk in queries:
         start = chunk_start(t, is_sim)
         n = max(0, min(len(chunk), len(actions) - start))
-        preds.append(np.asarray(chunk[:n], np.float64))
+        pred = np.asarray(chunk[:n], np.float64)
+        preds.append(pred)
         targets.append(np.asarray(actions[start : start + n], np.float64))
+        if recorded_deltas is not None and qpos is not None:
+            pred_deltas.append(np.diff(pred, axis=0, prepend=np.asarray(qpos[t], np.float64)[None]))
+            target_deltas.append(recorded_deltas[start : start + n])
     width = actions.shape[1]
     pred = np.concatenate(preds) if preds else np.zeros((0, width))
     target = np.concatenate(targets) if targets else np.zeros((0, width))
-    if stats.delta_control:  # differences inside a chunk are not comparable across chunks: raw units only
+    if not stats.delta_control:
+        return error_stats(pred, target, stats.normalize_action(pred), stats.normalize_action(target))
+    if qpos is None:  # without the states the predicted deltas can't be recovered: raw units only
         return error_stats(pred, target)
-    return error_stats(pred, target, stats.normalize_action(pred), stats.normalize_action(target))
+    pred_d = np.concatenate(pred_deltas) if pred_deltas else np.zeros((0, width))
+    target_d = np.concatenate(target_deltas) if target_deltas else np.zeros((0, width))
+    return error_stats(pred, target, stats.normalize_action(pred_d), stats.normalize_action(target_d))
 
 
 def plot_episode(

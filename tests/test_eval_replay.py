@@ -101,6 +101,20 @@ def test_chunk_errors_skip_steps_past_the_recording():
     assert result["count"] == 5 and result["mse_raw"] == 1.0 and result["mse_norm"] == 1.0
 
 
+def test_delta_control_chunk_errors_in_normalised_delta_units():
+    from data_utils.normalization import NormStats
+
+    actions = np.cumsum(np.full((6, 1), 0.5), axis=0)  # 0.5, 1.0, ... : every recorded delta is 0.5
+    qpos = np.concatenate([[[0.0]], actions[:-1]])  # the state is the previous action
+    stats = NormStats(np.zeros(1), np.ones(1), -np.ones(1), np.ones(1), np.zeros(1), np.ones(1), delta_control=True)
+    exact = [(t, actions[t : t + 3]) for t in (1, 3)]  # what integrating the right deltas onto qpos gives
+    result = chunk_errors(exact, actions, stats, is_sim=True, qpos=qpos)
+    assert result["mse_raw"] == 0.0 and result["mse_norm"] == 0.0
+    off = [(t, chunk + 0.25) for t, chunk in exact]  # the first delta of each chunk is 0.25 too large
+    assert chunk_errors(off, actions, stats, is_sim=True, qpos=qpos)["mse_norm"] > 0.0
+    assert "mse_norm" not in chunk_errors(exact, actions, stats)  # without states: raw units only
+
+
 def test_chunk_errors_pair_real_robot_frames_as_training_does():
     from data_utils.normalization import NormStats
 
