@@ -14,18 +14,9 @@ from aloha_scripts.constants import TASK_CONFIGS
 from data_utils.normalization import NormStats
 from policy_heads import ScaleDP, load_pretrained_dit
 from scripts.train_stage1_scaledp import Stage1Arguments, load_encoder_checkpoint, main
+from tests.conftest import CAMERAS  # noqa: E402
 
 TASK = "stage1_test_task"
-CAMERAS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: two OpenMP threads contending for 2 cores are much slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()

@@ -41,13 +41,6 @@ RESUME_FILES = {"trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state
 
 
 # ---- helpers shared with the other training tests (the tiny model: conftest's tiny_model_dir) -------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: two OpenMP threads that contend for 2 cores are ~100x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

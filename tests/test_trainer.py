@@ -18,7 +18,6 @@ from tests import test_train_vla as shared
 from tests.test_train_vla import tiny_argv, train_logs
 
 # The test task and the one-thread setting, shared with test_train_vla.py.
-one_thread = shared.one_thread
 tiny_task = shared.tiny_task
 
 VISION, LANGUAGE, HEAD, FUSION = "model.visual.", "model.language_model.", "policy_head.", "fusion."
