@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedCon
 import qwen2_vla  # noqa: F401  (registers qwen2_vla with the Auto classes)
 from aloha_scripts.constants import get_task_config
 from data_utils.data_collator import Qwen2VLADataCollatorForSupervisedDataset
+from data_utils.dataset import training_crop_ratio
 from data_utils.normalization import NormStats
 from data_utils.utils import load_data
 from policy_heads import build_policy_head_config
@@ -36,6 +37,7 @@ from qwen2_vla.arguments import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
+    check_argument_combinations,
 )
 from qwen2_vla.configuration_qwen2_vla import Qwen2VLAConfig
 from qwen2_vla.model_load_utils import load_model
@@ -92,6 +94,7 @@ def build_model_config(
             )
         base.llm_loss_weight = training_args.llm_loss_weight
         base.image_size_stable, base.image_size_wrist = data_args.image_size_stable, data_args.image_size_wrist
+        base.image_crop_ratio = training_crop_ratio(data_args.augment_images, head_args.policy_head_type)
         base.use_reasoning = data_args.use_reasoning
         return base
     if training_args.load_pretrain:
@@ -119,6 +122,7 @@ def build_model_config(
         # Inference resizes as training did: the sizes travel in every checkpoint's config.json.
         image_size_stable=data_args.image_size_stable,
         image_size_wrist=data_args.image_size_wrist,
+        image_crop_ratio=training_crop_ratio(data_args.augment_images, head_args.policy_head_type),
         use_reasoning=data_args.use_reasoning,
     )
 
@@ -153,6 +157,7 @@ def parse_param(
     model_args, data_args, training_args, head_args = parser.parse_args_into_dataclasses(args=argv)
     if not model_args.model_name_or_path:
         parser.error("--model_name_or_path is required (a Qwen2-VL directory or a Qwen2-VLA checkpoint)")
+    check_argument_combinations(model_args, data_args, training_args, head_args)
     model_config = build_model_config(model_args, data_args, training_args, head_args)
     bnb_args = {"bits": training_args.bits} if training_args.bits in (4, 8) else {}
     return model_args, data_args, training_args, head_args, model_config, bnb_args

@@ -3,7 +3,8 @@
 Add a task by adding an entry to ``TASK_CONFIGS``. Required keys:
 
 - ``dataset_dir``: list of directories searched recursively for ``*.hdf5`` episodes; the first one is
-  the main dataset (split into train/val), the others are added to training in full.
+  the main dataset (split into train/val), the others are added to training in full. A single
+  directory may be given as a plain string (as the reference's configs often do).
 - ``episode_len``: the nominal episode length (informational; real lengths are read from the files).
 - ``camera_names``: keys under ``/observations/images`` in the episodes, in the order the model sees.
 
@@ -21,6 +22,7 @@ Relative paths are resolved against the repository root, never the working direc
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +64,14 @@ REQUIRED_TASK_KEYS = ("dataset_dir", "episode_len", "camera_names")
 OPTIONAL_TASK_KEYS = ("stats_dir", "sample_weights", "train_ratio", "name_filter")
 
 
-def _resolve_dirs(dirs: list[str] | str, task_name: str, key: str) -> list[str]:
+def _resolve_dirs(dirs: Sequence[str | os.PathLike] | str | os.PathLike, task_name: str, key: str) -> list[str]:
+    """``dirs`` as a list of absolute paths; one directory given as a string is a one-element list."""
     if isinstance(dirs, (str, os.PathLike)):
-        raise TypeError(f"TASK_CONFIGS[{task_name!r}][{key!r}] must be a list of directories, got a string: {dirs!r}")
+        dirs = [dirs]  # iterating a string would give its characters
+    if not isinstance(dirs, Sequence) or not dirs or not all(isinstance(d, (str, os.PathLike)) for d in dirs):
+        raise TypeError(
+            f"TASK_CONFIGS[{task_name!r}][{key!r}] must be a directory or a non-empty list of directories, got {dirs!r}"
+        )
     return [str(p if Path(p).is_absolute() else REPO_ROOT / p) for p in dirs]
 
 

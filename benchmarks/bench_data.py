@@ -1,9 +1,10 @@
-"""Throughput of the data path: EpisodicDataset samples/s with 0 and 2 DataLoader workers,
-raw samples and samples through Qwen2VLAProcess + the collator (tiny offline processor).
+"""Throughput of the data path: EpisodicDataset samples/s with 0, 1 and 8 DataLoader workers, raw samples
+and samples through Qwen2VLAProcess + the collator (Qwen2-VL-2B's pixel budget, frames trained at 320x240).
 
-    python benchmarks/bench_data.py [--batch_size 8] [--batches 20]
+    python benchmarks/bench_data.py [--batch_size 8] [--batches 20] [--workers 0 1 8] [--frames 480x640]
 
-Prints a table; generated episodes live in a temporary directory. Not a test.
+Prints a table; generated episodes live in a temporary directory. Not a test. Every frame is resized to
+the training size first and augmented there (``CameraImageTransform``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,26 @@ def _collate_raw(samples: list[dict]) -> dict:
     return {k: torch.stack([s[k] for s in samples]) for k in ("image", "state", "action", "is_pad")}
 
 
-class _ImageSizes:
+class _DataArgs:
     image_size_stable = "(320,240)"
     image_size_wrist = "(320,240)"
+    use_reasoning = True
+
+    def __init__(self, augment_images: bool) -> None:
+        self.augment_images = augment_images
+
+
+def _real_processor(tokenizer):
+    """The tiny tokenizer with Qwen2-VL-2B-Instruct's image processor settings (56*56 .. 28*28*1280 pixels)."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    pixels = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280}
+    return Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+    )
 
 
 def measure(dataset, workers: int, batch_size: int, batches: int, collate_fn=_collate_raw) -> float:
@@ -59,36 +77,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 8])
+    parser.add_argument("--frames", nargs="+", default=["56x56", "480x640", "480x640jpeg"])
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        from transformers import AutoProcessor, AutoTokenizer
+        from transformers import AutoTokenizer
 
         model_dir = build_tiny_qwen2_vl(Path(tmp) / "tiny")
-        tokenizer, processor = AutoTokenizer.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
-        process = Qwen2VLAProcess(tokenizer, processor, _ImageSizes(), CAMERAS)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        processor = _real_processor(tokenizer)
+        process = Qwen2VLAProcess(tokenizer, processor, _DataArgs(False), CAMERAS)
         collator = Qwen2VLADataCollatorForSupervisedDataset(processor, None, tokenizer)
-        for height, width, compress in ((56, 56, False), (480, 640, False), (480, 640, True)):
-            out = Path(tmp) / f"{height}x{width}_{compress}"
+        for frames in args.frames:
+            compress = frames.endswith("jpeg")
+            height, width = (int(v) for v in frames.removesuffix("jpeg").split("x"))
+            out = Path(tmp) / frames
             make_example_episodes(out, num_episodes=2, episode_len=40, height=height, width=width, compress=compress)
             for augment in (False, True):
                 train, *_ = load_data(
                     [str(out)], None, CAMERAS, args.batch_size, args.batch_size, 16, train_ratio=1.0,
-                    rank0_print=lambda *a: None,
+                    rank0_print=lambda *a: None, config={"data_args": _DataArgs(augment)},
+                    policy_class="scale_dp_policy",
                 )
-                train.augment_images = augment
-                for workers in (0, 2):
+                for workers in args.workers:
                     rate = measure(train, workers, args.batch_size, args.batches)
                     rows.append((f"{height}x{width}", "jpeg" if compress else "raw", augment, workers, "sample", rate))
                 train.llava_pythia_process = process
-                for workers in (0, 2):
+                for workers in args.workers:
                     rate = measure(train, workers, args.batch_size, args.batches, collator)
                     rows.append((f"{height}x{width}", "jpeg" if compress else "raw", augment, workers, "VLA", rate))
     print(f"{'frames':>8} {'storage':>7} {'augment':>7} {'workers':>7} {'output':>7} {'samples/s':>10}")
     for frames, storage, augment, workers, output, rate in rows:
         print(f"{frames:>8} {storage:>7} {str(augment):>7} {workers:>7} {output:>7} {rate:>10.1f}")
-    print("3 cameras, chunk 16. sample: EpisodicDataset dict; VLA: through Qwen2VLAProcess (frames resized")
-    print("to 320x240, tiny Qwen2-VL processor) and the collator.")
+    print("3 cameras, chunk 16, frames trained at 320x240. sample: EpisodicDataset dict; VLA: through")
+    print("Qwen2VLAProcess (Qwen2-VL-2B's image processor: 99 tokens per camera) and the collator.")
 
 
 if __name__ == "__main__":

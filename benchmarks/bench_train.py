@@ -1,10 +1,14 @@
 """Training throughput of the VLA through QWen2VLATrainer: steps/s, samples/s, peak memory (and MFU on GPU).
 
-    python benchmarks/bench_train.py                  # CPU: tiny VLA, batch 1 and 4
+    python benchmarks/bench_train.py                  # CPU: tiny VLA, batch 1 and 4; real-width VLA, batch 1
     python benchmarks/bench_train.py --gpu_batches 4 12   # + on CUDA: Qwen2-VL-2B shape, ScaleDP_H, random weights
 
 Every configuration runs in its own process (clean peak memory) on generated episodes in a temporary
 directory; nothing is downloaded. The first steps (warm-up) are not timed. Not a test.
+
+The CPU "real-width" row trains the bf16 fixture at Qwen2-VL-2B's widths (2 text + 2 vision layers,
+``make_tiny_qwen2_vl.py --real-width``) with ScaleDP_S, chunk 50, three 320x240 cameras (1188 patches)
+and ``--bf16 True``: fp32 master weights under CPU autocast, as a user's run without DeepSpeed.
 
 MFU = model FLOPs / (time x peak) with 6 x params x tokens per part: LLM x text tokens, ViT x patches,
 head + fusion x action steps; attention's quadratic term and the recomputation of gradient
@@ -65,11 +69,18 @@ def run_one(kind: str, batch: int, steps: int, warmup: int) -> dict:
     from aloha_scripts.constants import TASK_CONFIGS
     from qwen2_vla import Qwen2VLAForConditionalGeneration
     from scripts.make_example_episodes import make_example_episodes
-    from scripts.make_tiny_qwen2_vl import build_config, build_processor, build_tiny_qwen2_vl, build_tokenizer
+    from scripts.make_tiny_qwen2_vl import (
+        build_config,
+        build_processor,
+        build_real_width_qwen2_vl,
+        build_tiny_qwen2_vl,
+        build_tokenizer,
+    )
 
     gpu = kind == "gpu_2b"
+    real_width = kind == "cpu_real_width"
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    height, width = (240, 320) if gpu else (56, 56)
+    height, width = (240, 320) if gpu or real_width else (56, 56)
     episodes = tmp / "episodes"
     make_example_episodes(episodes, num_episodes=2, episode_len=80, height=height, width=width, seed=0)
     TASK_CONFIGS["bench_train"] = {"dataset_dir": [str(episodes)], "episode_len": 80, "camera_names": CAMERAS}
@@ -85,22 +96,28 @@ def run_one(kind: str, batch: int, steps: int, warmup: int) -> dict:
         config.text_config.vocab_size = QWEN2_VL_2B_VOCAB
         config.save_pretrained(model_dir)
         processor.save_pretrained(model_dir)
+    elif real_width:
+        build_real_width_qwen2_vl(model_dir, seed=0)
     else:
         build_tiny_qwen2_vl(model_dir, seed=0)
+    head_size = "ScaleDP_H" if gpu else "ScaleDP_S" if real_width else "ScaleDP_tiny"
 
     image_size = f"({width},{height})"
     argv = [
         "--model_name_or_path", str(model_dir), "--task_name", "bench_train", "--output_dir", str(tmp / "out"),
         "--use_reasoning", "True", "--state_dim", "14", "--action_dim", "14",
-        "--chunk_size", "50" if gpu else "16",
-        "--policy_head_type", "scale_dp_policy", "--policy_head_size", "ScaleDP_H" if gpu else "ScaleDP_tiny",
+        "--chunk_size", "50" if gpu or real_width else "16",
+        "--policy_head_type", "scale_dp_policy", "--policy_head_size", head_size,
         "--image_size_stable", image_size, "--image_size_wrist", image_size,
         "--per_device_train_batch_size", str(batch), "--max_steps", str(steps), "--save_strategy", "no",
         "--logging_steps", str(steps), "--report_to", "none", "--disable_tqdm", "True",
         "--learning_rate", "2e-5", "--augment_images", "False",
         "--dataloader_num_workers", "4" if gpu else "0",
     ]  # fmt: skip
-    argv += ["--bf16", "True", "--gradient_checkpointing", "True"] if gpu else ["--use_cpu", "True"]
+    if gpu:
+        argv += ["--bf16", "True", "--gradient_checkpointing", "True"]
+    else:
+        argv += ["--use_cpu", "True"] + (["--bf16", "True"] if real_width else [])
     all_config, model_config = train_vla.parse_config(argv)
     model = None
     if gpu:
@@ -165,6 +182,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu_batches", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--cpu_steps", type=int, default=30)
+    parser.add_argument("--real_width_batches", type=int, nargs="*", default=[1], help="empty: skip")
+    parser.add_argument("--real_width_steps", type=int, default=6)
     parser.add_argument("--gpu_batches", type=int, nargs="*", default=[4, 12], help="empty: skip the GPU run")
     parser.add_argument("--gpu_steps", type=int, default=12)
     parser.add_argument("--one", nargs=3, metavar=("KIND", "BATCH", "STEPS"), help=argparse.SUPPRESS)
@@ -177,6 +196,7 @@ def main() -> None:
     import torch
 
     runs = [("cpu_tiny", b, args.cpu_steps) for b in args.cpu_batches]
+    runs += [("cpu_real_width", b, args.real_width_steps) for b in args.real_width_batches]
     if torch.cuda.is_available():
         runs += [("gpu_2b", b, args.gpu_steps) for b in args.gpu_batches]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -197,21 +217,23 @@ def main() -> None:
         rows.append(json.loads(lines[-1][len("RESULT ") :]))
 
     header = (
-        f"{'config':>9} {'batch':>5} {'steps/s':>8} {'samples/s':>9} {'peak GiB':>8} {'TFLOP/s':>8} {'MFU':>6}  device"
+        f"{'config':>14} {'batch':>5} {'steps/s':>8} {'samples/s':>9} {'peak GiB':>8} {'TFLOP/s':>8} {'MFU':>6}  device"
     )
     print(header)
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         print(
-            f"{r['config']:>9} {r['batch']:>5} {r['steps_per_s']:>8.2f} {r['samples_per_s']:>9.2f} "
+            f"{r['config']:>14} {r['batch']:>5} {r['steps_per_s']:>8.2f} {r['samples_per_s']:>9.2f} "
             f"{r['peak_mem_GiB']:>8.2f} {r['model_tflops']:>8.3f} {mfu:>6}  {r['device']}"
         )
-    for r in rows[:1] + [r for r in rows if r["config"] == "gpu_2b"][:1]:
+    firsts = {r["config"]: r for r in reversed(rows)}
+    for r in firsts.values():
         print(
             f"{r['config']}: {r['text_tokens']:.0f} text tokens + {r['patches']:.0f} patches per sample; "
             f"params (M) {json.dumps({k: round(v, 1) for k, v in r['params_M'].items()})}"
         )
-    print("(CPU peak = process max RSS; GPU peak = torch max allocated. QWen2VLATrainer, AdamW, no DeepSpeed.)")
+    print("(CPU peak = process max RSS; GPU peak = torch max allocated. QWen2VLATrainer, AdamW, no DeepSpeed;")
+    print(" cpu_real_width: --bf16 True autocast over fp32 master weights.)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ Usage::
     python -m data_utils.check_data_integrity DIR [DIR ...] --camera_names cam_high cam_left_wrist \
         [--state_dim 14 --action_dim 14] [--skip_images]
 
-Exit status 1 when any episode is bad. ``load_data`` runs the same checks (without decoding every
-image) before it builds a dataset.
+Exit status 1 when any episode is bad. Episodes without a reasoning annotation (neither
+``/substep_reasonings`` nor ``/reasoning``) are reported as a warning only (exit status 0): training
+with ``use_reasoning`` answers their steps without reasoning. ``load_data`` runs the same checks
+(without decoding every image) before it builds a dataset.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import numpy as np
 
 from data_utils.hdf5_io import (
     ACTION_KEY,
+    EPISODE_REASONING_KEY,
     IMAGES_GROUP,
     LANGUAGE_KEY,
     QPOS_KEY,
     QVEL_KEY,
     REASONING_KEY,
     find_all_hdf5,
+    has_reasoning,
     is_compressed,
     read_frame,
 )
@@ -96,11 +100,15 @@ def check_episode(
             bad(LANGUAGE_KEY, "the instruction, shape (1,)", "nothing")
         elif root[LANGUAGE_KEY].shape != (1,):
             bad(LANGUAGE_KEY, "shape (1,)", f"shape {root[LANGUAGE_KEY].shape}")
-        if REASONING_KEY in root and root[REASONING_KEY].shape[0] != length:
+        if REASONING_KEY in root and root[REASONING_KEY].shape[:1] != (length,):
             bad(REASONING_KEY, f"shape ({length},)", f"shape {root[REASONING_KEY].shape}")
+        # The reference reads the episode-level fallback at index 0: any non-empty array (or a scalar) will do.
+        if EPISODE_REASONING_KEY in root:
+            shape = root[EPISODE_REASONING_KEY].shape
+            if shape != () and (len(shape) != 1 or shape[0] < 1):
+                bad(EPISODE_REASONING_KEY, "shape (1,)", f"shape {shape}")
 
         compressed = is_compressed(root)
-        frame_shapes: dict[str, tuple[int, ...]] = {}
         for camera in camera_names:
             key = f"{IMAGES_GROUP}/{camera}"
             if key not in root:
@@ -113,12 +121,6 @@ def check_episode(
                 bad(key, "dtype uint8", f"dtype {images.dtype}")
             if not compressed and (images.ndim != 4 or images.shape[-1] != 3):
                 bad(key, "shape (T, H, W, 3)", f"shape {images.shape}")
-            elif not compressed:
-                # The cameras of one step are stacked into one tensor: they must share a resolution.
-                first = next(iter(frame_shapes.items()), None)
-                frame_shapes[camera] = tuple(images.shape[1:3])
-                if first is not None and first[1] != frame_shapes[camera]:
-                    bad(key, f"frames of {first[1]} (as camera '{first[0]}')", f"{frame_shapes[camera]}")
             if check_images and not problems:
                 for t in (0, length - 1) if not compressed else range(length):
                     try:
@@ -138,25 +140,56 @@ def check_episodes(
     state_dim: int | None = None,
     action_dim: int | None = None,
     check_images: bool = True,
-    require_reasoning: bool = False,
 ) -> list[str]:
-    """Problems of all ``paths``; dims default to the first good episode's so files must agree.
-
-    ``require_reasoning``: training supervises the sub-step reasoning, so every episode needs it.
-    """
+    """Problems of all ``paths``; dims default to the first good episode's so files must agree."""
     problems: list[str] = []
     for path in paths:
         found = check_episode(path, camera_names, state_dim, action_dim, check_images)
-        if require_reasoning and not found:
-            with h5py.File(path, "r") as root:
-                if REASONING_KEY not in root:
-                    found.append(f"{path}: key '{REASONING_KEY}': expected (T,) strings (use_reasoning=True), found nothing")
         problems.extend(found)
         if not found and (state_dim is None or action_dim is None):
             with h5py.File(path, "r") as root:
                 state_dim = state_dim if state_dim is not None else int(root[QPOS_KEY].shape[1])
                 action_dim = action_dim if action_dim is not None else int(root[ACTION_KEY].shape[1])
     return problems
+
+
+def episodes_without_reasoning(paths: Sequence[str]) -> list[str]:
+    """The episodes among ``paths`` with neither ``/substep_reasonings`` nor ``/reasoning``.
+
+    Files that do not open are skipped: :func:`check_episode` reports them.
+    """
+    missing = []
+    for path in paths:
+        try:
+            root = h5py.File(path, "r")
+        except OSError:
+            continue
+        with root:
+            if not has_reasoning(root):
+                missing.append(str(path))
+    return missing
+
+
+def reasoning_warning(missing: Sequence[str], total: int) -> str:
+    """One warning line naming the ``missing`` episodes (of ``total``) that have no reasoning annotation."""
+    return (
+        f"WARNING: {len(missing)} of {total} episode(s) have no reasoning ('{REASONING_KEY}' or "
+        f"'{EPISODE_REASONING_KEY}'); with use_reasoning=True their steps are trained without reasoning "
+        f"(answer '<|im_end|>' only): {', '.join(missing)}"
+    )
+
+
+def _find_paths(
+    dataset_dirs: Sequence[str], name_filter: Callable[[str], bool] | None
+) -> tuple[list[str], list[str]]:
+    problems: list[str] = []
+    paths: list[str] = []
+    for directory in dataset_dirs:
+        try:
+            paths.extend(find_all_hdf5(directory, name_filter=name_filter))
+        except FileNotFoundError as err:
+            problems.append(str(err))
+    return paths, problems
 
 
 def check_dirs(
@@ -167,13 +200,8 @@ def check_dirs(
     check_images: bool = True,
     name_filter: Callable[[str], bool] | None = None,
 ) -> list[str]:
-    problems: list[str] = []
-    paths: list[str] = []
-    for directory in dataset_dirs:
-        try:
-            paths.extend(find_all_hdf5(directory, name_filter=name_filter))
-        except FileNotFoundError as err:
-            problems.append(str(err))
+    """Problems of every episode below ``dataset_dirs`` (warnings such as missing reasoning are not problems)."""
+    paths, problems = _find_paths(dataset_dirs, name_filter)
     return problems + check_episodes(paths, camera_names, state_dim, action_dim, check_images)
 
 
@@ -185,13 +213,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--action_dim", type=int, default=None)
     parser.add_argument("--skip_images", action="store_true", help="check image shapes only, decode no frame")
     args = parser.parse_args(argv)
-    problems = check_dirs(args.dataset_dirs, args.camera_names, args.state_dim, args.action_dim, not args.skip_images)
+    paths, problems = _find_paths(args.dataset_dirs, None)
+    problems += check_episodes(paths, args.camera_names, args.state_dim, args.action_dim, not args.skip_images)
     for line in problems:
         print(line)
+    missing = episodes_without_reasoning(paths)
+    if missing:
+        print(reasoning_warning(missing, len(paths)))
     if problems:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
         return 1
-    print("all episodes OK")
+    print("all episodes OK" + (" (with the warning above)" if missing else ""))
     return 0
 
 

@@ -11,11 +11,21 @@ import numpy as np
 import torch
 
 from data_utils.hdf5_io import ACTION_KEY, QPOS_KEY, read_frame, read_language, read_reasoning
-from data_utils.image_utils import build_train_augmentation
+from data_utils.image_utils import DEFAULT_CROP_RATIO, CameraImageTransform, parse_image_size
 from data_utils.normalization import NormStats
 
 # Heads trained as diffusion policies get image augmentation by default (as the reference).
 DIFFUSION_POLICY_CLASSES = ("scale_dp_policy", "unet_diffusion_policy", "ScaleDP", "unet_diffusion")
+
+
+def resolve_augment_images(augment_images: bool | None, policy_class: str | None) -> bool:
+    """``--augment_images`` as given, or by default on for diffusion heads (as the reference)."""
+    return policy_class in DIFFUSION_POLICY_CLASSES if augment_images is None else bool(augment_images)
+
+
+def training_crop_ratio(augment_images: bool | None, policy_class: str | None) -> float | None:
+    """The crop training applies (and inference repeats, deterministically): 0.95 when augmenting, else none."""
+    return DEFAULT_CROP_RATIO if resolve_augment_images(augment_images, policy_class) else None
 
 
 class SampleProcessor(Protocol):
@@ -31,11 +41,28 @@ def chunk_start(start_ts: int, is_sim: bool) -> int:
     return start_ts if is_sim else max(0, start_ts - 1)
 
 
-def episode_action_deltas(action: np.ndarray) -> np.ndarray:
-    """``delta[t] = action[t] - action[t-1]`` with ``delta[0] = 0``: what ``delta_control`` trains on."""
-    deltas = np.zeros_like(action)
-    deltas[1:] = action[1:] - action[:-1]
-    return deltas
+def chunk_action_deltas(actions: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+    """What ``delta_control`` trains on for frame ``t``: ``(n, A)`` float64 deltas of one chunk.
+
+    ``actions (n, A)`` is ``action[s : s + n]`` with ``s = chunk_start(t)`` and ``qpos (A,)`` the state
+    at frame ``t``: ``d[0] = action[s] - qpos[t]``, ``d[k] = action[s+k] - action[s+k-1]``. Deployment
+    integrates a chunk from the state it measures at the query (:func:`integrate_action_deltas`), so
+    the recorded deltas give back exactly the recorded actions. Needs ``action_dim == state_dim``.
+    """
+    actions, qpos = np.asarray(actions, np.float64), np.asarray(qpos, np.float64)
+    if actions.ndim != 2 or qpos.shape != actions.shape[1:]:
+        raise ValueError(
+            f"delta_control takes actions relative to the state, so it needs actions (n, A) and a state (A,) "
+            f"of one width (action_dim == state_dim); got actions {actions.shape} and state {qpos.shape}"
+        )
+    return np.diff(actions, axis=0, prepend=qpos[None])
+
+
+def integrate_action_deltas(deltas: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`chunk_action_deltas`: ``deltas (..., n, A)`` and ``state (..., A)`` ->
+    actions ``(..., n, A)`` = ``state + cumsum(deltas)`` (float64)."""
+    deltas, state = np.asarray(deltas, np.float64), np.asarray(state, np.float64)
+    return state[..., None, :] + np.cumsum(deltas, axis=-2)
 
 
 class EpisodicDataset(torch.utils.data.Dataset):
@@ -51,6 +78,12 @@ class EpisodicDataset(torch.utils.data.Dataset):
         policy_class: head type; diffusion heads turn on augmentation unless ``augment_images`` says otherwise.
         llava_pythia_process: optional processor (``Qwen2VLAProcess``); when given, items are its output.
         augment_images: force augmentation on/off (default: on for diffusion heads).
+        image_size: ``(width, height)`` (or ``"(320,240)"``) every camera's frame is resized to first, the
+            stable cameras' training size (``--image_size_stable``); ``None`` keeps the frames as stored,
+            which then must share one resolution.
+        crop_ratio: the crop of training (see ``CameraImageTransform``): drawn at random with
+            ``augment_images``, else applied in its deterministic (centre) form, as inference does. Default:
+            0.95 when augmenting, else no crop. A validation split passes the training split's ratio.
         delta_control: train on action deltas instead of absolute actions.
         use_reasoning: passed to the processor (answer with the sub-step reasoning or not).
         seed: base seed of the augmentation; each item's draw depends only on (seed, epoch, index),
@@ -58,7 +91,10 @@ class EpisodicDataset(torch.utils.data.Dataset):
 
     Without a processor an item is the ``sample`` dict: ``image (num_cams, 3, H, W) uint8``,
     ``state (state_dim,)`` z-scored, ``action (chunk_size, action_dim)`` in [-1, 1],
-    ``is_pad (chunk_size,) bool``, ``raw_lang str``, ``reasoning str``.
+    ``is_pad (chunk_size,) bool``, ``raw_lang str``, ``reasoning str`` (``/substep_reasonings[t]``, else
+    the episode's ``/reasoning``), or ``None`` when the episode has neither: the processor then answers
+    that sample without reasoning (an annotated empty string is still a reasoning).
+    With ``delta_control`` the action chunk holds :func:`chunk_action_deltas`.
     """
 
     def __init__(
@@ -76,6 +112,8 @@ class EpisodicDataset(torch.utils.data.Dataset):
         use_reasoning: bool = True,
         rank0_print: Callable[..., None] = print,
         seed: int = 0,
+        image_size: tuple[int, int] | str | None = None,
+        crop_ratio: float | None = None,
     ) -> None:
         super().__init__()
         if len(episode_ids) != len(episode_len):
@@ -91,10 +129,14 @@ class EpisodicDataset(torch.utils.data.Dataset):
         self.chunk_size = int(chunk_size)
         self.policy_class = policy_class
         self.llava_pythia_process = llava_pythia_process
-        self.augment_images = policy_class in DIFFUSION_POLICY_CLASSES if augment_images is None else augment_images
+        self.augment_images = resolve_augment_images(augment_images, policy_class)
+        if crop_ratio is None and self.augment_images:
+            crop_ratio = DEFAULT_CROP_RATIO
+        self.crop_ratio = crop_ratio
+        self.image_size = None if image_size is None else parse_image_size(image_size)
+        self.image_transform = CameraImageTransform(self.image_size, crop_ratio)
         self.delta_control = delta_control
         self.use_reasoning = use_reasoning
-        self._augment: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.seed = seed
         self.epoch = 0
         if delta_control != norm_stats.delta_control:
@@ -123,35 +165,31 @@ class EpisodicDataset(torch.utils.data.Dataset):
         return self.episode_ids[position], int(start_ts)
 
     def load_raw_step(self, episode_id: int, start_ts: int) -> dict[str, Any]:
-        """Un-normalised data of one step: ``images (num_cams, H, W, 3)``, ``qpos``, ``action``, ``is_pad``, text."""
+        """Un-normalised data of one step: ``images``, ``qpos``, ``action``, ``is_pad``, text.
+
+        ``images`` is ``(num_cams, H, W, 3)`` uint8 as stored, or a list of ``(H_i, W_i, 3)`` frames when the
+        cameras' resolutions differ.
+        """
         path = self.dataset_path_list[episode_id]
         with h5py.File(path, "r") as root:
             is_sim = bool(root.attrs.get("sim", False))
             episode_len = root[ACTION_KEY].shape[0]
             action_start = chunk_start(start_ts, is_sim)
             action_end = min(episode_len, action_start + self.chunk_size)
-            if self.delta_control:
-                window = root[ACTION_KEY][max(0, action_start - 1) : action_end].astype(np.float64)
-                deltas = episode_action_deltas(window)
-                action = deltas[1:] if action_start > 0 else deltas
-            else:
-                action = root[ACTION_KEY][action_start:action_end].astype(np.float32)
+            action = root[ACTION_KEY][action_start:action_end]
             qpos = root[QPOS_KEY][start_ts].astype(np.float32)
+            # delta_control: relative to this frame's (float32, as deployment sees it) state.
+            action = chunk_action_deltas(action, qpos) if self.delta_control else action.astype(np.float32)
             frames = [read_frame(root, camera, start_ts) for camera in self.camera_names]
             raw_lang = read_language(root)
             reasoning = read_reasoning(root, start_ts)
-        shapes = {frame.shape for frame in frames}
-        if len(shapes) != 1:
-            raise ValueError(
-                f"{path}: cameras {self.camera_names} have different frame shapes {sorted(shapes)}; "
-                "all cameras of an episode must share one resolution"
-            )
         padded = np.zeros((self.chunk_size, action.shape[1]), dtype=np.float32)
         padded[: len(action)] = action
         is_pad = np.zeros(self.chunk_size, dtype=bool)
         is_pad[len(action) :] = True
         return {
-            "images": np.stack(frames),
+            # Cameras may differ in resolution (wrist cameras often do): stacked only when they agree.
+            "images": np.stack(frames) if len({f.shape for f in frames}) == 1 else frames,
             "qpos": qpos,
             "action": padded,
             "is_pad": is_pad,
@@ -163,14 +201,12 @@ class EpisodicDataset(torch.utils.data.Dataset):
         episode_id, start_ts = self._locate_transition(int(index))
         raw = self.load_raw_step(episode_id, start_ts)
 
-        image = torch.from_numpy(raw["images"]).permute(0, 3, 1, 2).contiguous()  # (num_cams, 3, H, W)
+        # Resize to the training size, then the crop (random when augmenting, else its deterministic form,
+        # exactly what inference does); each item's draw depends only on (seed, epoch, index).
+        item_seed = None
         if self.augment_images:
-            if self._augment is None:
-                self._augment = build_train_augmentation(image.shape[-2], image.shape[-1])
             item_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(item_seed)
-                image = self._augment(image)
+        image = self.image_transform(raw["images"], seed=item_seed)  # (num_cams, 3, H, W) uint8
         is_pad = torch.from_numpy(raw["is_pad"])
         action = torch.as_tensor(self.norm_stats.normalize_action(raw["action"]), dtype=torch.float32)
         action[is_pad] = 0.0  # padded steps carry no target; keep them neutral

@@ -8,8 +8,11 @@ Layout (one file per episode)::
     /observations/images/<camera>  (T, H, W, 3)     uint8    (or (T, L) JPEG bytes when compressed)
     /compress_len                  (num_cams, T)            (compressed episodes only)
     /language_raw                  (1,)             bytes
-    /substep_reasonings            (T,)             bytes    (optional)
+    /substep_reasonings            (T,)             bytes    (optional: one sub-step reasoning per step)
+    /reasoning                     (1,)             bytes    (optional, the reference's fallback: one per episode)
     attrs: sim (bool), compress (bool)
+
+An episode with neither reasoning key has no reasoning annotation (:func:`read_reasoning` gives ``None``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ QVEL_KEY = "/observations/qvel"
 IMAGES_GROUP = "/observations/images"
 LANGUAGE_KEY = "/language_raw"
 REASONING_KEY = "/substep_reasonings"
+# The reference falls back to this episode-level key (read at index 0) when there are no sub-steps.
+EPISODE_REASONING_KEY = "/reasoning"
 COMPRESS_LEN_KEY = "/compress_len"
 
 
@@ -105,8 +110,19 @@ def read_language(root: h5py.File) -> str:
     return decode_text(root[LANGUAGE_KEY][0]) if LANGUAGE_KEY in root else ""
 
 
-def read_reasoning(root: h5py.File, t: int) -> str:
-    return decode_text(root[REASONING_KEY][t]) if REASONING_KEY in root else ""
+def has_reasoning(root: h5py.File) -> bool:
+    """Whether the episode carries a reasoning annotation (either key)."""
+    return REASONING_KEY in root or EPISODE_REASONING_KEY in root
+
+
+def read_reasoning(root: h5py.File, t: int) -> str | None:
+    """The reasoning of step ``t``: ``/substep_reasonings[t]``, else the episode's ``/reasoning[0]``
+    (as the reference), else ``None``: the episode has no reasoning annotation."""
+    if REASONING_KEY in root:
+        return decode_text(root[REASONING_KEY][t])
+    if EPISODE_REASONING_KEY in root:
+        return decode_text(root[EPISODE_REASONING_KEY][()])  # decode_text takes entry 0 of a (1,) array
+    return None
 
 
 def episode_length(path: str | os.PathLike) -> int:
@@ -121,19 +137,22 @@ def write_episode(
     qvel: np.ndarray,
     images: dict[str, np.ndarray],
     instruction: str,
-    reasoning: Sequence[str],
+    reasoning: Sequence[str] | str | None,
     compress: bool = False,
     sim: bool = True,
 ) -> Path:
     """Write one ACT-layout episode atomically (temp file + rename).
 
     ``actions, qpos, qvel (T, D)``, ``images {camera: (T, H, W, 3) uint8}`` (stored raw, or as
-    zero-padded JPEG buffers with ``compress``), one ``instruction`` and ``reasoning`` per step.
+    zero-padded JPEG buffers with ``compress``), one ``instruction``, and ``reasoning``: one string
+    per step (``/substep_reasonings``), one string for the episode (``/reasoning``, the reference's
+    fallback) or ``None`` (no annotation). ``sim=False`` marks a real-robot recording.
     """
     path = Path(path)
     length = len(actions)
-    if not (len(qpos) == len(qvel) == len(reasoning) == length):
-        raise ValueError(f"episode parts differ in length: {length}, {len(qpos)}, {len(qvel)}, {len(reasoning)}")
+    num_reasoning = length if reasoning is None or isinstance(reasoning, str) else len(reasoning)
+    if not (len(qpos) == len(qvel) == num_reasoning == length):
+        raise ValueError(f"episode parts differ in length: {length}, {len(qpos)}, {len(qvel)}, {num_reasoning}")
     for camera, frames in images.items():
         if frames.shape[0] != length or frames.dtype != np.uint8 or frames.ndim != 4:
             raise ValueError(f"camera {camera}: frames must be ({length}, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
@@ -161,6 +180,9 @@ def write_episode(
             for cam, frames in images.items():
                 group.create_dataset(cam, data=frames, chunks=(1, *frames.shape[1:]))
         root.create_dataset("language_raw", data=np.array([instruction.encode()]))
-        root.create_dataset("substep_reasonings", data=np.array([r.encode() for r in reasoning]))
+        if isinstance(reasoning, str):
+            root.create_dataset("reasoning", data=np.array([reasoning.encode()]))
+        elif reasoning is not None:
+            root.create_dataset("substep_reasonings", data=np.array([r.encode() for r in reasoning]))
     tmp.replace(path)
     return path

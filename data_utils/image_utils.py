@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -74,17 +75,98 @@ def to_pil_images(
     return out
 
 
-def build_train_augmentation(height: int, width: int) -> v2.Transform:
-    """Random 95% crop (resized back), ±5° rotation and colour jitter, as the reference's diffusion path.
+# The reference's augmentation crops 95% of the frame at random and resizes it back (a 1/0.95 zoom); its
+# evaluation centre-crops the same fraction, so objects keep the size the policy was trained on.
+DEFAULT_CROP_RATIO = 0.95
+
+
+def build_train_augmentation(height: int, width: int, crop_ratio: float = DEFAULT_CROP_RATIO) -> v2.Transform:
+    """Random ``crop_ratio`` crop (resized back), ±5° rotation and colour jitter, as the reference's diffusion path.
 
     Applied to the stacked ``(num_cams, 3, H, W)`` tensor, so one random draw is shared by all cameras.
     """
-    crop = (max(1, int(round(height * 0.95))), max(1, int(round(width * 0.95))))
     return v2.Compose(
         [
-            v2.RandomCrop(size=crop),
+            v2.RandomCrop(size=crop_size(height, width, crop_ratio)),
             v2.Resize(size=(height, width), antialias=True),
             v2.RandomRotation(degrees=(-5.0, 5.0)),
             v2.ColorJitter(brightness=0.3, contrast=0.4, saturation=0.5),
         ]
     )
+
+
+def build_eval_transform(height: int, width: int, crop_ratio: float = DEFAULT_CROP_RATIO) -> v2.Transform:
+    """The deterministic form of :func:`build_train_augmentation`: centre crop of the same fraction, same resize."""
+    return v2.Compose(
+        [
+            v2.CenterCrop(size=crop_size(height, width, crop_ratio)),
+            v2.Resize(size=(height, width), antialias=True),
+        ]
+    )
+
+
+def crop_size(height: int, width: int, crop_ratio: float) -> tuple[int, int]:
+    return max(1, int(round(height * crop_ratio))), max(1, int(round(width * crop_ratio)))
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(height, width, 3)`` uint8 at ``size = (width, height)``.
+
+    OpenCV's bilinear resize, as the reference shrinks frames before augmenting: ~25x faster than
+    Pillow's on a 480x640 frame, and the pixels a reference-trained checkpoint was trained on.
+    """
+    if (frame.shape[1], frame.shape[0]) == tuple(size):
+        return frame
+    return cv2.resize(np.ascontiguousarray(frame), tuple(size), interpolation=cv2.INTER_LINEAR)
+
+
+class CameraImageTransform:
+    """Raw camera frames -> the ``(num_cams, 3, H, W)`` uint8 images a sample carries; shared by training and inference.
+
+    Each camera's frame is first resized to ``image_size`` (``(width, height)``, the stable cameras' training
+    size; as the reference, every camera goes through it, so cameras of any resolution, mixed within one
+    episode, come out alike), then cropped: during training at random with the augmentation
+    (:func:`build_train_augmentation`), otherwise with its deterministic form (:func:`build_eval_transform`).
+    ``crop_ratio=None`` means training did not augment: no crop at all. Resizing first also makes the
+    augmentation cheap (it runs at the training size, not the camera's). ``image_size=None`` keeps the
+    frames' own size (they must then share one); the crop is sized for each frame it gets.
+    """
+
+    def __init__(
+        self, image_size: tuple[int, int] | str | None, crop_ratio: float | None = DEFAULT_CROP_RATIO
+    ) -> None:
+        if crop_ratio is not None and not 0.0 < crop_ratio <= 1.0:
+            raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+        self.image_size = None if image_size is None else parse_image_size(image_size)
+        self.crop_ratio = crop_ratio
+        self._transforms: dict[tuple[int, int, bool], v2.Transform] = {}
+
+    def _transform(self, height: int, width: int, train: bool) -> v2.Transform:
+        key = (height, width, train)
+        if key not in self._transforms:
+            build = build_train_augmentation if train else build_eval_transform
+            self._transforms[key] = build(height, width, self.crop_ratio)
+        return self._transforms[key]
+
+    def __call__(self, frames: Sequence[np.ndarray], seed: int | None = None) -> torch.Tensor:
+        """``frames``: one ``(H, W, 3)`` uint8 array per camera -> ``(num_cams, 3, height, width)`` uint8.
+
+        ``seed`` given: the random training augmentation, drawn from ``seed`` alone (the global RNG is
+        left as it was). ``None``: the deterministic form, as inference uses.
+        """
+        if self.image_size is not None:
+            frames = [resize_frame(frame, self.image_size) for frame in frames]
+        shapes = {frame.shape for frame in frames}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"camera frames have different shapes {sorted(shapes)} and no image_size to resize them to"
+            )
+        images = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+        if self.crop_ratio is None:
+            return images
+        height, width = images.shape[-2:]
+        if seed is None:
+            return self._transform(height, width, train=False)(images)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._transform(height, width, train=True)(images)

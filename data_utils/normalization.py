@@ -167,19 +167,33 @@ class RunningStats:
         self.min: np.ndarray | None = None
         self.max: np.ndarray | None = None
 
-    def update(self, rows: np.ndarray) -> None:
+    def update(self, rows: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Add ``rows (N, D)``; ``counts (N,)`` non-negative ints: how many times each row occurs (default 1)."""
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2:
             raise ValueError(f"RunningStats.update expects (N, D) rows, got shape {rows.shape}")
+        if counts is not None:
+            counts = np.asarray(counts)
+            if counts.shape != rows.shape[:1] or counts.dtype.kind not in "iu" or (counts < 0).any():
+                raise ValueError(f"RunningStats.update: counts must be ({rows.shape[0]},) non-negative ints")
+            rows, counts = rows[counts > 0], counts[counts > 0]  # a row that never occurs sets no min/max
         if self._sum is None:
             dim = rows.shape[1]
             self._sum, self._sumsq = np.zeros(dim), np.zeros(dim)
             self.min, self.max = np.full(dim, np.inf), np.full(dim, -np.inf)
         elif rows.shape[1] != self._sum.shape[0]:
             raise ValueError(f"RunningStats: got {rows.shape[1]} dims after {self._sum.shape[0]}")
-        self.count += rows.shape[0]
-        self._sum += rows.sum(axis=0)
-        self._sumsq += np.square(rows).sum(axis=0)
+        if rows.shape[0] == 0:
+            return
+        if counts is None:
+            self.count += rows.shape[0]
+            self._sum += rows.sum(axis=0)
+            self._sumsq += np.square(rows).sum(axis=0)
+        else:
+            weights = counts.astype(np.float64)
+            self.count += int(counts.sum())
+            self._sum += weights @ rows
+            self._sumsq += weights @ np.square(rows)
         self.min = np.minimum(self.min, rows.min(axis=0))
         self.max = np.maximum(self.max, rows.max(axis=0))
 

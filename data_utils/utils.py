@@ -8,16 +8,42 @@ from typing import Any
 import h5py
 import numpy as np
 
-from data_utils.check_data_integrity import DataIntegrityError, check_episodes
-from data_utils.dataset import EpisodicDataset, SampleProcessor, episode_action_deltas
+from data_utils.check_data_integrity import (
+    DataIntegrityError,
+    check_episodes,
+    episodes_without_reasoning,
+    reasoning_warning,
+)
+from data_utils.dataset import EpisodicDataset, SampleProcessor, chunk_start, training_crop_ratio
 from data_utils.hdf5_io import ACTION_KEY, QPOS_KEY, find_all_hdf5
 from data_utils.normalization import MINMAX_MARGIN, STD_FLOOR, NormStats, RunningStats
 
-__all__ = ["find_all_hdf5", "get_norm_stats", "load_data", "flatten_list"]
+__all__ = ["episode_delta_counts", "find_all_hdf5", "get_norm_stats", "load_data", "flatten_list"]
 
 
 def flatten_list(nested: Sequence[Sequence[Any]]) -> list[Any]:
     return [item for sub in nested for item in sub]
+
+
+def episode_delta_counts(
+    action: np.ndarray, qpos: np.ndarray, is_sim: bool, chunk_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every delta ``delta_control`` training draws from one episode, and how often: ``(rows (2T-1, A), counts)``.
+
+    Training's chunk for frame ``t`` (``s = chunk_start(t)``, see ``chunk_action_deltas``) holds
+    ``action[s] - qpos[t]`` (rows ``0..T-1``, once each) and the steps ``action[j] - action[j-1]`` for
+    ``s < j < min(s + chunk_size, T)`` (rows ``T..2T-2`` for ``j = 1..T-1``); a step is counted once for
+    every chunk holding it, so the statistics weigh each value as training does. ``O(T)``.
+    """
+    length = len(action)
+    starts = np.array([chunk_start(t, is_sim) for t in range(length)], dtype=np.int64)
+    firsts = action[starts] - qpos
+    # Chunks holding step j (as a later entry) are those with start in [j - chunk_size + 1, j - 1].
+    starts_below = np.concatenate([[0], np.cumsum(np.bincount(starts, minlength=length))])  # [i]: #starts < i
+    j = np.arange(1, length)
+    step_counts = starts_below[j] - starts_below[np.maximum(j - chunk_size + 1, 0)]
+    rows = np.concatenate([firsts, np.diff(action, axis=0)])
+    return rows, np.concatenate([np.ones(length, dtype=np.int64), step_counts])
 
 
 def get_norm_stats(
@@ -27,18 +53,31 @@ def get_norm_stats(
     chunk_size: int | None = None,
     dataset_dirs: Sequence[str] = (),
 ) -> tuple[NormStats, list[int]]:
-    """Statistics of ``qpos`` and actions over all episodes, streamed one episode at a time.
+    """Statistics of ``qpos`` and actions over all episodes, streamed one episode at a time (float64).
 
-    With ``delta_control`` the action statistics are those of the deltas the model trains on.
+    With ``delta_control`` the action statistics are those of exactly the deltas the model trains on
+    (:func:`episode_delta_counts`; they depend on ``chunk_size``, which is then required).
     Returns the stats and each episode's length.
     """
+    if delta_control and (chunk_size is None or chunk_size <= 0):
+        raise ValueError(f"get_norm_stats: delta_control statistics depend on the chunk size; got chunk_size={chunk_size}")
     action_stats, qpos_stats = RunningStats(), RunningStats()
     lengths: list[int] = []
     for path in dataset_path_list:
         with h5py.File(path, "r") as root:
             action = root[ACTION_KEY][()].astype(np.float64)
             qpos = root[QPOS_KEY][()].astype(np.float64)
-        action_stats.update(episode_action_deltas(action) if delta_control else action)
+            is_sim = bool(root.attrs.get("sim", False))
+        if delta_control:
+            if action.shape[1:] != qpos.shape[1:]:
+                raise ValueError(
+                    f"{path}: delta_control takes actions relative to '{QPOS_KEY}', so '{ACTION_KEY}' "
+                    f"{action.shape} and '{QPOS_KEY}' {qpos.shape} must have one width (action_dim == state_dim)"
+                )
+            # The dataset takes the first delta from the float32 state (what deployment measures).
+            action_stats.update(*episode_delta_counts(action, qpos.astype(np.float32), is_sim, int(chunk_size)))
+        else:
+            action_stats.update(action)
         qpos_stats.update(qpos)
         lengths.append(len(action))
     if not lengths:
@@ -89,9 +128,13 @@ def load_data(
     The first directory is the main dataset, split by ``train_ratio`` after a seeded shuffle; the
     others go to training in full. Every episode is checked (shapes, keys, finite numbers, cameras)
     before anything is built, and all problems are raised together as a ``DataIntegrityError``.
+    Episodes without any reasoning annotation are not a problem: under ``use_reasoning`` (with a
+    processor) one warning through ``rank0_print`` names them, and their samples are answered
+    without reasoning.
 
     ``config`` is the training script's ``all_config``; from its ``data_args`` this reads
-    ``delta_control``, ``episode_first``, ``use_reasoning`` and ``augment_images`` when present.
+    ``delta_control``, ``episode_first``, ``use_reasoning``, ``augment_images`` and ``image_size_stable``
+    (every camera's frame is resized to it first) when present.
 
     Returns ``(train_dataset, val_dataset or None, norm_stats, sampler_params)``.
     """
@@ -103,6 +146,8 @@ def load_data(
     episode_first = bool(_data_arg(config, "episode_first", False))
     use_reasoning = bool(_data_arg(config, "use_reasoning", True))
     augment_images = _data_arg(config, "augment_images", None)
+    image_size = _data_arg(config, "image_size_stable", None)
+    crop_ratio = training_crop_ratio(augment_images, policy_class)
 
     path_lists = [find_all_hdf5(d, skip_mirrored_data, name_filter) for d in dataset_dir_l]
     num_episodes_l = [len(paths) for paths in path_lists]
@@ -114,15 +159,15 @@ def load_data(
     )
 
     problems = check_episodes(
-        sorted(set(dataset_path_list) | set(stats_path_list)),
-        camera_names,
-        state_dim,
-        action_dim,
-        check_images=False,
-        require_reasoning=use_reasoning and llava_pythia_process is not None,
+        sorted(set(dataset_path_list) | set(stats_path_list)), camera_names, state_dim, action_dim, check_images=False
     )
     if problems:
         raise DataIntegrityError(problems)
+    if use_reasoning and llava_pythia_process is not None:
+        # Their samples carry reasoning=None and are answered without reasoning; say so once, here.
+        missing = episodes_without_reasoning(dataset_path_list)
+        if missing:
+            rank0_print(reasoning_warning(missing, len(dataset_path_list)))
 
     norm_stats, stats_lengths = get_norm_stats(
         stats_path_list,
@@ -167,6 +212,9 @@ def load_data(
         use_reasoning=use_reasoning,
         rank0_print=rank0_print,
         seed=seed,
+        image_size=image_size,
+        # Validation crops deterministically, as inference does: the same crop ratio, no random draw.
+        crop_ratio=crop_ratio,
     )
     train_dataset = EpisodicDataset(
         episode_ids=train_ids,

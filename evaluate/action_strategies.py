@@ -2,10 +2,11 @@
 
 - :class:`ChunkExecution` (``chunk``): query every ``k`` steps, execute the first ``k`` actions of the
   chunk in order (the reference DexVLA evaluation with ``k = 16``).
-- :class:`TemporalAggregation` (``temporal_agg``): query every step and execute, for step ``t``, the
-  exponentially weighted average of the actions that every chunk covering ``t`` predicted for it, as ACT
-  and TinyVLA do: weights ``exp(-k * i)`` with ``i = 0`` for the *oldest* such chunk, normalised to sum
-  to one (so a small ``k`` such as 0.01 averages almost uniformly, and a large one trusts older chunks).
+- :class:`TemporalAggregation` (``temporal_agg``): query every step (or every ``query_every`` steps) and
+  execute, for step ``t``, the exponentially weighted average of the actions that every chunk covering
+  ``t`` predicted for it, as ACT and TinyVLA do: weights ``exp(-k * i)`` with ``i = 0`` for the *oldest*
+  such chunk, normalised to sum to one (so a small ``k`` such as 0.01 averages almost uniformly, and a
+  large one trusts older chunks).
 
 Both share one protocol: ``reset()``, ``needs_query(t)``, ``add_chunk(t, chunk)``, ``action(t)``.
 """
@@ -91,6 +92,12 @@ class TemporalAggregation:
         return t % self.query_every == 0 or not self._covering(t)
 
     def add_chunk(self, t: int, chunk: np.ndarray) -> None:
+        """``chunk (T, action_dim)`` predicted at step ``t`` for steps ``t .. t + T - 1``."""
+        if len(chunk) < self.query_every:
+            raise ValueError(
+                f"query_every={self.query_every} steps between queries but the policy predicts chunks of "
+                f"{len(chunk)}: some steps would have no prediction"
+            )
         if self._chunks and t <= self._chunks[-1][0]:
             raise ValueError(f"chunks must arrive in time order; got step {t} after step {self._chunks[-1][0]}")
         self._chunks.append((t, np.asarray(chunk, dtype=np.float64)))
@@ -111,11 +118,15 @@ class TemporalAggregation:
 
 
 def make_strategy(name: str, exec_horizon: int | None = None, temporal_k: float = 0.01) -> ActionStrategy:
-    """``"chunk"`` (``exec_horizon`` actions per query) or ``"temporal_agg"`` (weights' decay ``temporal_k``)."""
+    """``"chunk"`` (``exec_horizon`` actions per query) or ``"temporal_agg"`` (weights' decay ``temporal_k``).
+
+    ``exec_horizon`` is the steps between queries for both: with ``temporal_agg`` it is the query period
+    (``None``: every step, as ACT), so ``--exec_horizon`` is never silently ignored.
+    """
     if name == "chunk":
         return ChunkExecution(exec_horizon)
     if name == "temporal_agg":
-        return TemporalAggregation(temporal_k)
+        return TemporalAggregation(temporal_k, query_every=exec_horizon or 1)
     raise ValueError(f"unknown action strategy {name!r}; choose one of {STRATEGIES}")
 
 

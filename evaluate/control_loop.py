@@ -29,19 +29,28 @@ class RateLimiter:
 
     ``fps`` of ``None`` or 0 disables pacing (simulation, replay). The first overrun warns at once,
     later ones every ``warn_every`` overruns, so a slow policy is noticed without flooding the log.
+    ``clock`` (seconds) and ``sleep`` default to the real ones; tests pass a simulated pair.
     """
 
-    def __init__(self, fps: float | None, warn: Callable[[str], None] | None = None, warn_every: int = 100) -> None:
+    def __init__(
+        self,
+        fps: float | None,
+        warn: Callable[[str], None] | None = None,
+        warn_every: int = 100,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.period = 1.0 / fps if fps else 0.0
         self.fps = fps
         self.warn = warn or logger.warning
         self.warn_every = warn_every
         self.overruns = 0
         self.worst_ms = 0.0
+        self._clock, self._sleep = clock, sleep
         self._next: float | None = None
 
     def start(self) -> None:
-        self._next = time.perf_counter() + self.period
+        self._next = self._clock() + self.period
 
     def wait(self) -> None:
         """Sleep until the next tick (the tick after ``start()`` or the previous ``wait()``)."""
@@ -49,7 +58,7 @@ class RateLimiter:
             return
         if self._next is None:
             self.start()
-        now = time.perf_counter()
+        now = self._clock()
         late = now - self._next
         if late > 0:
             self.overruns += 1
@@ -61,7 +70,7 @@ class RateLimiter:
                 )
             self._next = now + self.period  # don't try to catch up with a burst of actions
         else:
-            time.sleep(-late)
+            self._sleep(-late)
             self._next += self.period
 
 

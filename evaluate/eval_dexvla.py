@@ -6,7 +6,8 @@
     python -m evaluate.eval_dexvla --ckpt DIR --robot agilex --prompt "fold the shirt" --fps 50
 
 Actions are executed by ``--strategy chunk`` (query every ``--exec_horizon`` steps) or ``temporal_agg``
-(query every step, ACT's exponential weighting with ``--temporal_k``); the loop is held at ``--fps``
+(query every ``--exec_horizon`` steps, default every step, ACT's exponential weighting with
+``--temporal_k``); the loop is held at ``--fps``
 (default: 50 on the real robot, unpaced in simulation and replay) and warns when inference cannot keep
 up. ``--warmup`` inferences run before the first episode. Results go to ``--out`` as JSON (plus a PNG per
 replayed episode and optional mp4s of simulated ones); a summary table ends the run.
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--exec_horizon",
         type=int,
         default=None,
-        help="chunk: actions per query (default: whole chunk; replay: 1, so every recorded frame is queried)",
+        help="steps between queries: chunk: actions per query (default: whole chunk; replay: 1, so every recorded "
+        "frame is queried); temporal_agg: the query period (default: 1)",
     )
     loop.add_argument("--temporal_k", type=float, default=0.01, help="temporal_agg: weight decay exp(-k i)")
     loop.add_argument("--fps", type=float, default=None, help="control rate (default: 50 on agilex, unpaced otherwise)")
@@ -227,7 +229,7 @@ def _replay_results(robot, log, stats, out_dir: Path, index: int) -> dict[str, A
         query_steps=[t for t, _ in log.queries],
     )
     return {
-        "executed": executed_errors(executed, recorded, stats),
+        "executed": executed_errors(executed, recorded, stats, robot.qpos[: len(executed)]),
         "chunk": chunk_errors(log.queries, robot.actions[: robot.length], stats, robot.is_sim, robot.qpos),
         "plot": str(plot),
     }

@@ -13,6 +13,10 @@ wins, in:
 
 Nothing found is an error that says which of these to provide; a silent default would resize differently
 from training, which is exactly the drift this module exists to prevent.
+
+The crop of training (``image_crop_ratio``: 0.95 when it augmented, repeated here as a centre crop) is
+looked up the same way; absent everywhere means training cropped nothing (checkpoints written before
+the trainer recorded it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from data_utils.image_utils import parse_image_size
 
 EVAL_CONFIG_FILE = "eval_config.json"
 IMAGE_SIZE_KEYS = ("image_size_stable", "image_size_wrist")
+CROP_KEY = "image_crop_ratio"
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class InferenceConfig:
     image_size_stable: tuple[int, int]
     image_size_wrist: tuple[int, int]
     source: str
+    image_crop_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,10 +69,11 @@ def load_inference_config(
     ckpt_dir: str | os.PathLike,
     image_size_stable: Any | None = None,
     image_size_wrist: Any | None = None,
+    image_crop_ratio: float | None = None,
 ) -> InferenceConfig:
     """Resolve the image sizes of ``ckpt_dir`` (see the module docstring for the order)."""
     ckpt_dir = Path(ckpt_dir)
-    explicit = {"image_size_stable": image_size_stable, "image_size_wrist": image_size_wrist}
+    explicit = {"image_size_stable": image_size_stable, "image_size_wrist": image_size_wrist, CROP_KEY: image_crop_ratio}
     layers = [
         ("arguments", explicit),
         (str(ckpt_dir / EVAL_CONFIG_FILE), _read_json(ckpt_dir / EVAL_CONFIG_FILE)),
@@ -91,8 +98,13 @@ def load_inference_config(
             '{"image_size_stable": "(W,H)", "image_size_wrist": "(W,H)"} (the training run\'s --image_size_* '
             "values), or pass --image_size_stable/--image_size_wrist"
         )
+    crop = next((v[CROP_KEY] for _, v in layers if v.get(CROP_KEY) is not None), image_crop_ratio)
+    if crop is not None and not 0.0 < float(crop) <= 1.0:
+        raise ValueError(f"{ckpt_dir}: {CROP_KEY}={crop!r} must be in (0, 1]")
     source = ", ".join(sorted(set(sources.values())))
-    return InferenceConfig(found["image_size_stable"], found["image_size_wrist"], source)
+    return InferenceConfig(
+        found["image_size_stable"], found["image_size_wrist"], source, None if crop is None else float(crop)
+    )
 
 
 __all__ = ["EVAL_CONFIG_FILE", "InferenceConfig", "load_inference_config", "save_eval_config"]

@@ -2,7 +2,8 @@
 
 Errors are reported in raw robot units and in normalised units (the [-1, 1] min-max scaling of the
 checkpoint's ``dataset_stats.json``, i.e. what the model was trained on; for ``delta_control``
-checkpoints the normalised errors are those of consecutive differences, the quantity it predicts).
+checkpoints the normalised errors are those of the deltas it predicts, ``chunk_action_deltas``: taken
+from the state at the query frame, so they need the recorded states, else only raw errors are given).
 
 - ``executed``: the action each step actually commanded (after chunking / temporal aggregation) against
   the recorded action of that step;
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from data_utils.dataset import chunk_start, episode_action_deltas
+from data_utils.dataset import chunk_action_deltas, chunk_start
 from data_utils.normalization import NormStats
 
 
@@ -47,14 +48,23 @@ def error_stats(pred: np.ndarray, target: np.ndarray, norm_pred: np.ndarray | No
     return out
 
 
-def _normalized_sequence(actions: np.ndarray, stats: NormStats) -> np.ndarray:
-    seq = episode_action_deltas(np.asarray(actions, np.float64)) if stats.delta_control else actions
-    return stats.normalize_action(np.asarray(seq, np.float64))
+def executed_errors(
+    executed: np.ndarray, recorded: np.ndarray, stats: NormStats, qpos: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Errors of ``executed (N, A)`` vs ``recorded (N, A)`` actions, step by step.
 
-
-def executed_errors(executed: np.ndarray, recorded: np.ndarray, stats: NormStats) -> dict[str, Any]:
-    """Errors of ``executed (N, A)`` vs ``recorded (N, A)`` actions, step by step."""
-    return error_stats(executed, recorded, _normalized_sequence(executed, stats), _normalized_sequence(recorded, stats))
+    With ``delta_control`` the normalised errors are those of the first delta of each step's chunk,
+    ``action - qpos[t]`` (``qpos (N, S)``: the recorded state of each step); without ``qpos``, raw only.
+    """
+    executed, recorded = np.asarray(executed, np.float64), np.asarray(recorded, np.float64)
+    if not stats.delta_control:
+        return error_stats(executed, recorded, stats.normalize_action(executed), stats.normalize_action(recorded))
+    if qpos is None:
+        return error_stats(executed, recorded)
+    state = np.asarray(qpos, np.float64)[: len(executed)]
+    return error_stats(
+        executed, recorded, stats.normalize_action(executed - state), stats.normalize_action(recorded - state)
+    )
 
 
 def chunk_errors(
@@ -68,20 +78,20 @@ def chunk_errors(
 
     ``queries`` = ``[(t, (T, A) chunk predicted at frame t), ...]``; a chunk is compared with the
     recorded actions training paired with frame ``t`` (``chunk_start``: one step earlier on real robots).
-    With ``delta_control`` the normalised errors are those of the deltas the model predicts: the
-    chunk's steps relative to the query-time state ``qpos (T, S)`` against the recorded deltas.
+    With ``delta_control`` the normalised errors are those of the deltas the model predicts: both the
+    chunk and the recorded actions as ``chunk_action_deltas`` from the query-time state ``qpos (T, S)``.
     """
     preds, targets, pred_deltas, target_deltas = [], [], [], []
-    recorded_deltas = episode_action_deltas(np.asarray(actions, np.float64)) if stats.delta_control else None
     for t, chunk in queries:
         start = chunk_start(t, is_sim)
         n = max(0, min(len(chunk), len(actions) - start))
         pred = np.asarray(chunk[:n], np.float64)
+        target = np.asarray(actions[start : start + n], np.float64)
         preds.append(pred)
-        targets.append(np.asarray(actions[start : start + n], np.float64))
-        if recorded_deltas is not None and qpos is not None:
-            pred_deltas.append(np.diff(pred, axis=0, prepend=np.asarray(qpos[t], np.float64)[None]))
-            target_deltas.append(recorded_deltas[start : start + n])
+        targets.append(target)
+        if stats.delta_control and qpos is not None and n > 0:
+            pred_deltas.append(chunk_action_deltas(pred, qpos[t]))
+            target_deltas.append(chunk_action_deltas(target, qpos[t]))
     width = actions.shape[1]
     pred = np.concatenate(preds) if preds else np.zeros((0, width))
     target = np.concatenate(targets) if targets else np.zeros((0, width))

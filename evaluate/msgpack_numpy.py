@@ -35,15 +35,27 @@ def _field(obj: dict, name: str) -> Any:
     return obj[name.encode()] if name.encode() in obj else obj[name]
 
 
+def _wire_dtype(obj: dict) -> np.dtype:
+    """The dtype a received map names; only a dtype string (``dtype.str``, e.g. ``"<f4"``) is accepted.
+
+    ``np.dtype`` also builds dtypes from lists and dicts; a sender has no business sending those.
+    """
+    name = _field(obj, "dtype")
+    if not isinstance(name, str):
+        raise ValueError(f"array dtype must be a dtype string such as '<f4', got {type(name).__name__}")
+    try:
+        dtype = np.dtype(name)
+    except TypeError as err:
+        raise ValueError(f"unknown dtype {name!r}") from err
+    _check_dtype(dtype)
+    return dtype
+
+
 def _decode(obj: dict) -> Any:
     if obj.get(b"__ndarray__") or obj.get("__ndarray__"):
-        dtype = np.dtype(_field(obj, "dtype"))
-        _check_dtype(dtype)
-        return np.frombuffer(_field(obj, "data"), dtype=dtype).reshape(_field(obj, "shape"))
+        return np.frombuffer(_field(obj, "data"), dtype=_wire_dtype(obj)).reshape(_field(obj, "shape"))
     if obj.get(b"__npgeneric__") or obj.get("__npgeneric__"):
-        dtype = np.dtype(_field(obj, "dtype"))
-        _check_dtype(dtype)
-        return dtype.type(_field(obj, "data"))
+        return _wire_dtype(obj).type(_field(obj, "data"))
     return obj
 
 

@@ -7,16 +7,18 @@ An observation uses openpi's key names::
 and :meth:`DexVLAPolicy.infer` returns ``{"actions": (chunk, action_dim) float32 in robot units,
 "reasoning": str, "policy_timing": {"infer_ms": float}}``.
 
-Pre-processing is the training code's own: cameras are stacked in the checkpoint's camera order
-(``dataset_stats.json``'s ``camera_names``) into the ``(num_cams, 3, H, W)`` layout the dataset yields,
-and go through ``Qwen2VLAProcess.prompt_inputs`` (resize, chat template, image processor) with the
-image sizes of training (:mod:`evaluate.inference_config`); the state is z-scored and the actions
+Pre-processing is the training code's own: cameras are taken in the checkpoint's camera order
+(``dataset_stats.json``'s ``camera_names``), go through training's ``CameraImageTransform`` in its
+deterministic form (resize to the training size, then training's 95% crop as a centre crop when training
+augmented) and ``Qwen2VLAProcess.prompt_inputs`` (per-camera resize, chat template, image processor) with
+the sizes of training (:mod:`evaluate.inference_config`); the state is z-scored and the actions
 un-normalised by the same ``NormStats`` that training used.
 
-``delta_control`` checkpoints predict per-step action deltas; they are integrated onto the current
-state: ``action[k] = state + sum(delta[0..k])``. The integration starts from the measured state, the
-best stand-in the robot has for the previous commanded action (which training took the deltas from);
-this needs ``action_dim == state_dim`` and holds for joint-position control such as ALOHA's.
+``delta_control`` checkpoints predict per-step action deltas; they are integrated onto the state
+measured at the query: ``action[k] = state + sum(delta[0..k])`` (:func:`postprocess_actions`). Training
+takes its first delta from that same state (``data_utils.dataset.chunk_action_deltas``), so the recorded
+deltas integrate back to exactly the recorded actions; this needs ``action_dim == state_dim`` (joint-
+position control such as ALOHA's).
 
 The DDIM noise is the same for every observation: each row of a batch gets noise drawn from a generator
 seeded with ``seed``, so a batch of observations gives exactly the actions of the same observations
@@ -35,9 +37,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_utils.dataset import integrate_action_deltas
+from data_utils.image_utils import CameraImageTransform
 from data_utils.normalization import NormStats
 
 OBSERVATION_KEYS = ("images", "state", "prompt")
+
+
+def postprocess_actions(normalized: np.ndarray, raw_states: np.ndarray, stats: NormStats) -> np.ndarray:
+    """Model output ``(B, T, action_dim)`` in [-1, 1] -> ``(B, T, action_dim)`` float32 robot actions.
+
+    ``raw_states (B, state_dim)``: the measured states of the queries; ``delta_control`` chunks are
+    integrated from them (``integrate_action_deltas``, the inverse of what training takes).
+    """
+    actions = stats.unnormalize_action(np.asarray(normalized, dtype=np.float32))
+    if stats.delta_control:
+        actions = integrate_action_deltas(actions, raw_states)
+    return np.asarray(actions, dtype=np.float32)
 
 
 class ObservationError(ValueError):
@@ -88,8 +104,9 @@ def _frame_hwc(image: Any, field: str) -> np.ndarray:
 
 def validate_observation(
     obs: Any, camera_names: Sequence[str], state_dim: int, default_prompt: str | None = None
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Check ``obs`` and return ``images (num_cams, 3, H, W) uint8``, ``state (state_dim,) float32``, ``prompt``.
+) -> tuple[list[np.ndarray], np.ndarray, str]:
+    """Check ``obs`` and return ``frames`` (one ``(H, W, 3)`` uint8 per camera, in ``camera_names`` order; their
+    resolutions may differ, as training accepts), ``state (state_dim,) float32`` and ``prompt``.
 
     Raises :class:`ObservationError` naming the first bad field.
     """
@@ -105,9 +122,6 @@ def validate_observation(
                 f"images.{camera}", f"camera missing; this policy needs {list(camera_names)}, got {sorted(images)}"
             )
         frames.append(_frame_hwc(images[camera], f"images.{camera}"))
-    if len({f.shape for f in frames}) != 1:
-        shapes = {c: f.shape for c, f in zip(camera_names, frames, strict=True)}
-        raise ObservationError("images", f"all cameras must share one resolution (as in training), got {shapes}")
 
     state = obs.get("state")
     if state is None:
@@ -127,8 +141,7 @@ def validate_observation(
         prompt = prompt.decode("utf-8")
     if not isinstance(prompt, str):
         raise ObservationError("prompt", f"must be a string, got {type(prompt).__name__}")
-    stacked = np.stack(frames).transpose(0, 3, 1, 2)  # (num_cams, 3, H, W), the dataset's layout
-    return np.ascontiguousarray(stacked), state.astype(np.float32), prompt
+    return frames, state.astype(np.float32), prompt
 
 
 class DexVLAPolicy:
@@ -201,6 +214,9 @@ class DexVLAPolicy:
             image_size_wrist=self.inference_config.image_size_wrist,
         )
         self.process = Qwen2VLAProcess(self.tokenizer, processor, data_args, self.camera_names)
+        self.image_transform = CameraImageTransform(
+            self.inference_config.image_size_stable, self.inference_config.image_crop_ratio
+        )
         self.collator = Qwen2VLADataCollatorForSupervisedDataset(processor, self.dtype, self.tokenizer)
         # Answer as in training: generate "reasoning Next action:<|im_end|>" when the model was trained
         # with reasoning (and a token budget is given), else append the fixed answer it was trained on.
@@ -239,7 +255,7 @@ class DexVLAPolicy:
             return []
         start = time.perf_counter()
         parsed = [validate_observation(o, self.camera_names, self.state_dim, self.default_prompt) for o in observations]
-        features = [self.process.prompt_inputs(images, prompt) for images, _, prompt in parsed]
+        features = [self.prompt_features(frames, prompt) for frames, _, prompt in parsed]
         raw_states = np.stack([state for _, state, _ in parsed])  # (B, state_dim)
         states = torch.as_tensor(self.stats.normalize_state(raw_states), dtype=torch.float32)
         normalized, reasoning = self._predict(features, states)  # (B, horizon, action_dim) float32
@@ -254,12 +270,17 @@ class DexVLAPolicy:
             for i in range(len(observations))
         ]
 
+    def prompt_features(self, frames: Sequence[np.ndarray], prompt: str) -> dict[str, torch.Tensor]:
+        """One observation's model inputs: ``frames`` (one ``(H, W, 3)`` uint8 per camera) and the prompt.
+
+        The training transform in its deterministic form (resize, then training's crop as a centre crop),
+        then the training processor: a training sample of the same frame gets identical ``pixel_values``.
+        """
+        return self.process.prompt_inputs(self.image_transform(frames), prompt)
+
     def postprocess_actions(self, normalized: np.ndarray, raw_states: np.ndarray) -> np.ndarray:
         """``(B, T, action_dim)`` model output in [-1, 1] -> ``(B, T, action_dim)`` float32 robot actions."""
-        actions = self.stats.unnormalize_action(np.asarray(normalized, dtype=np.float32))
-        if self.stats.delta_control:
-            actions = raw_states[:, None, :] + np.cumsum(actions, axis=1)
-        return actions.astype(np.float32)
+        return postprocess_actions(normalized, raw_states, self.stats)
 
     def noise(self, batch_size: int) -> torch.Tensor | None:
         """``(B, horizon, action_dim)`` float32 initial DDIM noise, the same for every row (``None`` if unseeded)."""
@@ -304,4 +325,11 @@ class DexVLAPolicy:
         return times
 
 
-__all__ = ["DexVLAPolicy", "ObservationError", "resolve_device", "resolve_dtype", "validate_observation"]
+__all__ = [
+    "DexVLAPolicy",
+    "ObservationError",
+    "postprocess_actions",
+    "resolve_device",
+    "resolve_dtype",
+    "validate_observation",
+]

@@ -33,6 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.server import Server, ServerConnection, serve  # noqa: E402
 
 from evaluate import msgpack_numpy  # noqa: E402
@@ -95,6 +96,14 @@ class PolicyServer:
     def _handle(self, connection: ServerConnection) -> None:
         peer = connection.remote_address
         logger.info("client connected: %s", peer)
+        try:
+            self._serve_connection(connection, peer)
+        except ConnectionClosed:  # the client left while a reply was on its way: its business, not an error
+            logger.info("client disconnected before its reply: %s", peer)
+            return
+        logger.info("client disconnected: %s", peer)
+
+    def _serve_connection(self, connection: ServerConnection, peer: Any) -> None:
         connection.send(msgpack_numpy.packb(self.metadata))
         prev_total_ms: float | None = None
         for message in connection:
@@ -115,7 +124,6 @@ class PolicyServer:
                 continue
             connection.send(packed)
             prev_total_ms = 1000.0 * (time.monotonic() - start)
-        logger.info("client disconnected: %s", peer)
 
     def _infer(self, message: bytes | str) -> dict[str, Any]:
         if isinstance(message, str):

@@ -18,12 +18,11 @@ class UnetDiffusionPolicyConfig(PreTrainedConfig):
         action_dim (`int`, defaults to 14): width of one action step (`A` in `(B, T, A)`).
         state_dim (`int`, defaults to 14): width of the robot state mixed into the condition; 0 for none.
         prediction_horizon (`int`, defaults to 16): number of action steps predicted (the chunk size).
-        diffusion_step_embed_dim (`int`, defaults to 256): width of the timestep embedding (even).
+        diffusion_step_embed_dim (`int`, defaults to 256): width of the timestep embedding (even, at least 4).
         down_dims (`list[int]`, defaults to `[256, 512, 1024]`): channels per UNet level; the sequence is halved
             between levels, so it is padded internally to a multiple of `2 ** (len(down_dims) - 1)`.
         kernel_size (`int`, defaults to 5): odd 1-D convolution kernel size.
         n_groups (`int`, defaults to 8): GroupNorm groups; must divide every entry of `down_dims`.
-        combine_hidden_dim (`int`, defaults to 1024): hidden width of the MLP mixing condition and state.
         num_train_timesteps (`int`, defaults to 100): diffusion steps of the DDIM training schedule.
         num_inference_timesteps (`int`, defaults to 10): DDIM steps when sampling.
         noise_samples (`int`, defaults to 1): noise draws per training sample (each sample is repeated).
@@ -47,7 +46,6 @@ class UnetDiffusionPolicyConfig(PreTrainedConfig):
     down_dims: list[int] = field(default_factory=lambda: [256, 512, 1024])
     kernel_size: int = 5
     n_groups: int = 8
-    combine_hidden_dim: int = 1024
     num_train_timesteps: int = 100
     num_inference_timesteps: int = 10
     noise_samples: int = 1
@@ -58,7 +56,7 @@ class UnetDiffusionPolicyConfig(PreTrainedConfig):
 
     def _check_combinations(self) -> None:
         positive = ("global_cond_dim", "action_dim", "prediction_horizon", "diffusion_step_embed_dim", "kernel_size")
-        positive += ("n_groups", "combine_hidden_dim", "num_train_timesteps", "num_inference_timesteps")
+        positive += ("n_groups", "num_train_timesteps", "num_inference_timesteps")
         positive += ("noise_samples",)
         for name in positive:
             if getattr(self, name) < 1:
@@ -72,8 +70,11 @@ class UnetDiffusionPolicyConfig(PreTrainedConfig):
             raise ValueError(f"down_dims={self.down_dims} has entries {bad} not divisible by n_groups={self.n_groups}")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={self.kernel_size} must be odd so convolutions keep the horizon length")
-        if self.diffusion_step_embed_dim % 2 != 0:
-            raise ValueError(f"diffusion_step_embed_dim={self.diffusion_step_embed_dim} must be even (sin/cos pairs)")
+        if self.diffusion_step_embed_dim % 2 != 0 or self.diffusion_step_embed_dim < 4:
+            # Sine/cosine pairs, and Chi's frequency spacing divides by (half the width - 1).
+            raise ValueError(
+                f"diffusion_step_embed_dim={self.diffusion_step_embed_dim} must be even and at least 4 (sin/cos pairs)"
+            )
         if self.num_inference_timesteps > self.num_train_timesteps:
             raise ValueError(
                 f"num_inference_timesteps={self.num_inference_timesteps} exceeds "

@@ -1,7 +1,17 @@
 """1-D conditional UNet diffusion expert (the DiVLA variant): Chi-style residual conv blocks with FiLM conditioning.
 
-Unlike the reference, `prediction_horizon` and `action_dim` come from the config: the sequence is zero-padded to a
-multiple of the total down-sampling factor and cropped back, so any horizon (e.g. 50) works.
+Module and parameter names follow the reference's `ConditionalUnet1D` exactly (`norm_after_pool`, a one-layer
+`combine`, `diffusion_step_encoder.{1,3}`, `down_modules.i.2.conv`, `up_modules.i.2.conv`, `final_conv.{0,1}`),
+so its DiVLA head weights load with strict loading. Deliberate differences in behaviour, none touching the
+parameters:
+
+- `prediction_horizon` and `action_dim` come from the config, and the sequence is zero-padded to a multiple of
+  the total down-sampling factor and cropped back, so any horizon (e.g. 50) works;
+- the condition tokens are mean-pooled (the reference squeezed a single token);
+- the timestep embedding is computed in float32 (the reference built it in bfloat16, whose spacing of 0.5 above
+  64 blurs the phases of large timesteps) and the scheduler arithmetic stays float32 (see `scheduling`);
+- the noise-prediction loss averages over real steps only (see `losses.masked_noise_mse`);
+- the final conv block's GroupNorm uses `config.n_groups` (the reference hard-coded 8, its default).
 """
 
 import math
@@ -12,11 +22,52 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from .conditioning import StateConditionMixer, pool_condition
+from .conditioning import pool_condition
 from .configuration_unet import UnetDiffusionPolicyConfig
 from .diffusion_policy import DiffusionPolicyMixin, expand_timesteps
 from .scheduling import build_ddim_scheduler
-from .timestep_embedding import sinusoidal_timestep_embedding
+
+
+class SinusoidalPosEmb(nn.Module):
+    """Chi's timestep embedding: `(B,)` -> `(B, dim)` float32, sines then cosines.
+
+    Frequencies are `exp(-log(10000) * i / (dim / 2 - 1))` for `i < dim / 2` (the first is 1, the last 1e-4).
+    This is the layout `diffusion_step_encoder.1` of reference checkpoints was trained on; it differs from the
+    DiT embedding of ScaleDP (cosines first, `/ (dim / 2)`). No parameters: index 0 of `diffusion_step_encoder`.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        step = math.log(10000.0) / (half - 1)
+        freqs = torch.exp(torch.arange(half, device=timesteps.device, dtype=torch.float32) * -step)
+        args = timesteps.float()[:, None] * freqs[None, :]
+        return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+class Downsample1d(nn.Module):
+    """Stride-2 conv halving the length: `(B, C, T) -> (B, C, T / 2)` (T even). A wrapper for the `.conv` name."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(dim, dim, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample1d(nn.Module):
+    """Stride-2 transposed conv doubling the length: `(B, C, T) -> (B, C, 2T)`."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose1d(dim, dim, 4, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
 class Conv1dBlock(nn.Module):
@@ -45,14 +96,15 @@ class ConditionalResidualBlock1D(nn.Module):
                 Conv1dBlock(out_channels, out_channels, kernel_size, n_groups),
             ]
         )
+        # The reference's third entry (an Unflatten) has no parameters; `forward` adds the length axis instead.
         self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
         self.residual_conv = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """`x` `(B, C_in, T)`, `cond` `(B, cond_dim)` -> `(B, C_out, T)`."""
         out = self.blocks[0](x)
+        # First half of the encoder's output scales, second half shifts (the reference's channel order).
         scale, shift = self.cond_encoder(cond).unsqueeze(-1).chunk(2, dim=1)
-        # Chi's (and the reference's) FiLM form, so stage-1 UNet weights mean the same thing here.
         out = self.blocks[1](scale * out + shift)
         return out + self.residual_conv(x)
 
@@ -73,8 +125,11 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
     def __init__(self, config: UnetDiffusionPolicyConfig) -> None:
         super().__init__(config)
         dsed, kernel, groups = config.diffusion_step_embed_dim, config.kernel_size, config.n_groups
-        self.combine = StateConditionMixer(config.global_cond_dim, config.state_dim, config.combine_hidden_dim)
+        # Condition: pooled VLM features, normalised, then mixed with the state by one linear layer.
+        self.norm_after_pool = nn.LayerNorm(config.global_cond_dim)
+        self.combine = nn.Linear(config.global_cond_dim + config.state_dim, config.global_cond_dim)
         self.diffusion_step_encoder = nn.Sequential(
+            SinusoidalPosEmb(dsed),
             nn.Linear(dsed, dsed * 4),
             nn.Mish(),
             nn.Linear(dsed * 4, dsed),
@@ -91,7 +146,7 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
                     [
                         ConditionalResidualBlock1D(dim_in, dim_out, cond_dim, kernel, groups),
                         ConditionalResidualBlock1D(dim_out, dim_out, cond_dim, kernel, groups),
-                        nn.Conv1d(dim_out, dim_out, 3, stride=2, padding=1) if not is_last else nn.Identity(),
+                        Downsample1d(dim_out) if not is_last else nn.Identity(),
                     ]
                 )
             )
@@ -107,7 +162,7 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
                     [
                         ConditionalResidualBlock1D(dim_out * 2, dim_in, cond_dim, kernel, groups),
                         ConditionalResidualBlock1D(dim_in, dim_in, cond_dim, kernel, groups),
-                        nn.ConvTranspose1d(dim_in, dim_in, 4, stride=2, padding=1),
+                        Upsample1d(dim_in),
                     ]
                 )
             )
@@ -122,17 +177,31 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        """PyTorch's default layer initialisation (what Chi's UNet was tuned with), through the guarded
-        `transformers.initialization` functions so loaded weights are never overwritten."""
+        """PyTorch's default layer initialisation (what Chi's UNet and the reference were trained from), through
+        the guarded `transformers.initialization` functions so loaded weights are never overwritten."""
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.ConvTranspose1d)):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
                 bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
                 init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, nn.GroupNorm):
+        elif isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+    def _condition(self, global_cond: torch.Tensor, states: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """`(B, N, C)` or `(B, C)` condition and `(B, state_dim)` state -> `(B, C)` mixed condition."""
+        cond = self.norm_after_pool(pool_condition(global_cond).to(dtype))
+        state_dim = self.config.state_dim
+        if state_dim > 0:
+            if states is None:
+                raise ValueError(f"states of width state_dim={state_dim} are required, got None")
+            if states.shape[-1] != state_dim:
+                raise ValueError(f"states have width {states.shape[-1]}, expected state_dim={state_dim}")
+            cond = torch.cat([cond, states.to(dtype)], dim=-1)
+        elif states is not None and states.numel() > 0:
+            raise ValueError("states were given but the head was configured with state_dim=0")
+        return self.combine(cond)
 
     def model_forward(
         self,
@@ -154,11 +223,12 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
         """
         dtype = self.final_conv[-1].weight.dtype
         batch, steps, _ = x.shape
-        cond = self.combine(pool_condition(global_cond).to(dtype), None if states is None else states.to(dtype))
+        cond = self._condition(global_cond, states, dtype)
         t = expand_timesteps(t, batch, x.device)
-        t_emb = self.diffusion_step_encoder(
-            sinusoidal_timestep_embedding(t, self.config.diffusion_step_embed_dim).to(dtype)
-        )
+        # The sinusoid stays float32 (bf16 cannot resolve its phases); the MLP runs in the model dtype.
+        t_emb = self.diffusion_step_encoder[0](t).to(dtype)
+        for layer in self.diffusion_step_encoder[1:]:
+            t_emb = layer(t_emb)
         feature = torch.cat([t_emb, cond], dim=-1)
 
         h = x.to(dtype).transpose(1, 2)  # (B, A, T): convolve over time

@@ -9,6 +9,9 @@ Accepted layouts:
   sharded); when keys are prefixed `policy_head.` (a checkpoint of a model holding the head, such as the
   stage-1 wrapper's Trainer checkpoints) only those are kept.
 
+Both heads use the reference's parameter names, so reference-format weights of the UNet (DiVLA) head load the
+same way as ScaleDP's (e.g. the `policy_head.*` tensors of a reference VLA checkpoint).
+
 Torch files are read with `weights_only=True`: tensors and plain containers only, never arbitrary pickles.
 """
 

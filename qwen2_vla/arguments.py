@@ -11,12 +11,22 @@ Where a field lives (``all_config[...]``):
 - ``data_args``: what the samples look like (task, chunk size, image sizes, reasoning, sampling).
 - ``training_args``: ``transformers.TrainingArguments`` plus freezing, LoRA, quantisation, EMA, loss weights.
 - ``action_head_args``: the diffusion expert (type, size, state/action widths).
+
+No flag is a silent no-op. Every field either changes what a run does, or is a *legacy* field
+(``LEGACY_FIELDS``): a LLaVA/TinyVLA flag the reference declared (its scripts pass several of them)
+but this code has no switch for. A legacy field accepts only the value that describes this code --
+the one the reference's launch scripts pass, where they pass one -- and any other value is an error
+that names the field and what to use instead. ``check_argument_combinations`` checks the
+combinations that span two dataclasses. scripts/README.md lists every default that differs from
+the reference's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import transformers
 from transformers.utils import is_torch_tf32_available
@@ -32,9 +42,134 @@ UNET_DIFFUSION_POLICY = "unet_diffusion_policy"
 DEFAULT_SCALEDP_SIZE = "ScaleDP_H"
 # Parts of the model LoRA can adapt (`--lora_module "vit llm"`): vision tower, language model, diffusion head.
 LORA_MODULES = ("vit", "llm", "di_head")
-LORA_BIASES = ("none", "all", "lora_only")
-QUANT_BITS = (4, 8, 16, 32)
+# 16 means "not quantised"; the precision of unquantised weights follows --bf16/--fp16.
+QUANT_BITS = (4, 8, 16)
 QUANT_TYPES = ("fp4", "nf4")
+
+
+@dataclass(frozen=True)
+class LegacyField:
+    """A reference flag with no switch here: only ``accepted`` parses.
+
+    ``meaning``: what the accepted value says about this code; ``instead``: what to use for the
+    behaviour another value would ask for.
+    """
+
+    accepted: Any
+    meaning: str
+    instead: str
+
+    def check(self, name: str, value: Any) -> None:
+        if value != self.accepted:
+            accepted = f"omit --{name}" if self.accepted is None else f"accepted: --{name} {self.accepted}"
+            raise ValueError(f"{name}={value!r} is not supported: {self.meaning}. {self.instead} ({accepted})")
+
+
+LEGACY_FIELDS: dict[str, LegacyField] = {
+    # ModelArguments
+    "version": LegacyField(
+        "v0",
+        "prompts always use the Qwen2-VL chat template saved with the processor (there are no LLaVA "
+        "conversation templates)",
+        "Edit the chat template in the model directory to change the prompt format.",
+    ),
+    "model_pretrain": LegacyField(
+        "",
+        "a stage-2 LoRA checkpoint is not given as a separate path",
+        "Pass the stage-2 checkpoint (full or LoRA, merged on load) as --model_name_or_path with --load_pretrain True.",
+    ),
+    "mm_use_im_start_end": LegacyField(
+        False,
+        "no <im_start>/<im_end> tokens are added (the Qwen2-VL chat template already brackets each "
+        "image with <|vision_start|>/<|vision_end|>)",
+        "Drop the flag.",
+    ),
+    "mm_use_im_patch_token": LegacyField(
+        False,
+        "no <im_patch> tokens are added (the Qwen2-VL processor expands <|image_pad|> itself)",
+        "Drop the flag.",
+    ),
+    "concat": LegacyField(
+        "token_cat",
+        "the hidden states always reach the head as one fused token per sample",
+        "Use --using_film True (FiLM fusion) or --using_film False (masked mean of the hidden states).",
+    ),
+    "is_tinyvla": LegacyField(
+        False,
+        "the TinyVLA variant is not implemented",
+        "For a VLA without the FiLM fusion use --using_film False.",
+    ),
+    # DataArguments
+    "history_images_length": LegacyField(
+        1,
+        "frame history is not implemented: a sample carries the current frame of each camera",
+        "Drop the flag.",
+    ),
+    "lazy_preprocess": LegacyField(
+        True,
+        "samples are always preprocessed lazily, one at a time in EpisodicDataset.__getitem__",
+        "Drop the flag.",
+    ),
+    "select_seg_token_mask": LegacyField(False, "there is no segmentation token", "Drop the flag."),
+    "is_multimodal": LegacyField(
+        True,
+        "every sample carries the task's camera images (text-only samples are not supported)",
+        "Drop the flag.",
+    ),
+    "image_aspect_ratio": LegacyField(
+        "pad",
+        "frames are resized to --image_size_stable/--image_size_wrist, which the reference's 'pad' did "
+        "too (it never read this flag)",
+        "Set the frame sizes with --image_size_stable and --image_size_wrist.",
+    ),
+    # TrainingArguments
+    "tune_mm_mlp_adapter": LegacyField(
+        True,
+        "the reference's scripts pass True and its code never read it: what trains is chosen by the "
+        "freeze and LoRA flags",
+        "Use --freeze_backbone, --freeze_vision_tower and --lora_enable/--lora_module.",
+    ),
+    "group_by_modality_length": LegacyField(
+        False,
+        "samples are drawn by the EpisodeSampler (every sample has the same modalities)",
+        "Weight datasets with TASK_CONFIGS[...]['sample_weights'] or use --episode_first True.",
+    ),
+    "lora_task_type": LegacyField(
+        None,
+        "LoRA wraps the VLA as a plain PeftModel (no task-specific PEFT wrapper)",
+        "Drop the flag.",
+    ),
+    # PEFT's bias="all"/"lora_only" would mark biases trainable, but load_model's freezing (what
+    # trains follows the freeze flags, and LoRA needs a frozen backbone) freezes them again.
+    "lora_bias": LegacyField(
+        "none",
+        "biases are not trained in a LoRA run (LoRA needs --freeze_backbone True and "
+        "--freeze_vision_tower True, and frozen parts keep their biases frozen)",
+        "Drop the flag.",
+    ),
+    "lora_weight_path": LegacyField(
+        "",
+        "LoRA weights are not loaded from a separate path",
+        "Pass the LoRA checkpoint as --model_name_or_path (it is merged onto its base model).",
+    ),
+    "max_new_tokens": LegacyField(
+        None,
+        "training generates no tokens",
+        "It is an inference setting: pass --max_new_tokens to evaluate/eval_dexvla.py or evaluate/serve_policy.py.",
+    ),
+}
+
+
+def _legacy_help(name: str) -> str:
+    legacy = LEGACY_FIELDS[name]
+    return f"Reference flag, only {legacy.accepted!r}: {legacy.meaning}."
+
+
+def _check_legacy_fields(args: Any) -> None:
+    """Reject any legacy field of ``args`` (a dataclass instance) that is not at its accepted value."""
+    for spec in dataclasses.fields(args):
+        if spec.name in LEGACY_FIELDS:
+            LEGACY_FIELDS[spec.name].check(spec.name, getattr(args, spec.name))
 
 
 @dataclass
@@ -82,24 +217,39 @@ class ModelArguments:
             "help": "A stock Qwen2-VL directory (stage 2 / DiVLA) or a Qwen2-VLA checkpoint (stage 3); required."
         },
     )
-    version: str = field(default="v0", metadata={"help": "Conversation template version (kept for the scripts)."})
-    model_pretrain: str = field(default="", metadata={"help": "Extra pretrained weights path (reference; unused)."})
-    mm_use_im_start_end: bool = field(default=False)
-    mm_use_im_patch_token: bool = field(default=True)
-    concat: str = field(default="None", metadata={"help": "How hidden states reach the head (reference: token_cat)."})
-    policy_class: str = field(default="droid_diffusion", metadata={"help": "Head class name (reference; informative)."})
-    using_film: bool = field(default=True, metadata={"help": "Fuse prompt and reasoning with FiLM into one token."})
+    version: str = field(default="v0", metadata={"help": _legacy_help("version")})
+    model_pretrain: str = field(default="", metadata={"help": _legacy_help("model_pretrain")})
+    mm_use_im_start_end: bool = field(default=False, metadata={"help": _legacy_help("mm_use_im_start_end")})
+    # The reference defaulted to True (never read); its scripts pass False, which is what this code does.
+    mm_use_im_patch_token: bool = field(default=False, metadata={"help": _legacy_help("mm_use_im_patch_token")})
+    # The reference defaulted to "None" (never read); its scripts pass token_cat.
+    concat: str = field(default="token_cat", metadata={"help": _legacy_help("concat")})
+    policy_class: str | None = field(
+        default=None,
+        metadata={"help": "The head type again, as the reference's scripts pass it; must equal --policy_head_type."},
+    )
+    using_film: bool = field(
+        default=True,
+        metadata={
+            "help": "Fuse prompt and reasoning with FiLM into one token; False: masked mean of the hidden states."
+        },
+    )
     load_pretrain_dit: bool = field(default=False, metadata={"help": "Initialise the expert from a pretrained DiT."})
     pretrain_dit_path: str | None = field(
-        default=None, metadata={"help": "Pretrained ScaleDP weights; required with --load_pretrain_dit True."}
+        default=None, metadata={"help": "Pretrained ScaleDP weights; read only with --load_pretrain_dit True."}
     )
-    is_tinyvla: bool = field(default=False, metadata={"help": "TinyVLA variant (no FiLM); reference flag."})
+    is_tinyvla: bool = field(default=False, metadata={"help": _legacy_help("is_tinyvla")})
 
     def __post_init__(self) -> None:
+        _check_legacy_fields(self)
         if self.load_pretrain_dit and not self.pretrain_dit_path:
             raise ValueError("load_pretrain_dit=True needs pretrain_dit_path (the pretrained ScaleDP weights)")
-        if self.is_tinyvla and self.using_film:
-            raise ValueError("is_tinyvla=True expects using_film=False (TinyVLA feeds hidden states directly)")
+        if self.pretrain_dit_path and not self.load_pretrain_dit:
+            # Otherwise stage 2 would silently start from a random expert.
+            raise ValueError(
+                f"pretrain_dit_path={self.pretrain_dit_path!r} is read only with load_pretrain_dit=True; "
+                "pass --load_pretrain_dit True or drop --pretrain_dit_path"
+            )
 
 
 @dataclass
@@ -123,19 +273,18 @@ class DataArguments:
         default=None, metadata={"help": "Image augmentation; default: on for diffusion heads."}
     )
     skip_mirrored_data: bool = field(default=False, metadata={"help": "Skip episodes whose name says 'mirror'."})
-    history_images_length: int = field(default=1, metadata={"help": "Frames of history per camera (1 = none)."})
-    lazy_preprocess: bool = field(default=False)
-    select_seg_token_mask: bool = field(default=False)
-    is_multimodal: bool = field(default=False)
-    image_aspect_ratio: str = field(default="square")
+    history_images_length: int = field(default=1, metadata={"help": _legacy_help("history_images_length")})
+    # The reference defaulted lazy_preprocess to False, is_multimodal to False and image_aspect_ratio
+    # to "square" (none of them read); the values here are what this code does / its scripts pass.
+    lazy_preprocess: bool = field(default=True, metadata={"help": _legacy_help("lazy_preprocess")})
+    select_seg_token_mask: bool = field(default=False, metadata={"help": _legacy_help("select_seg_token_mask")})
+    is_multimodal: bool = field(default=True, metadata={"help": _legacy_help("is_multimodal")})
+    image_aspect_ratio: str = field(default="pad", metadata={"help": _legacy_help("image_aspect_ratio")})
 
     def __post_init__(self) -> None:
+        _check_legacy_fields(self)
         if self.chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
-        if self.history_images_length != 1:
-            raise ValueError(
-                f"history_images_length={self.history_images_length}: only the current frame (1) is supported"
-            )
         for name in ("image_size_stable", "image_size_wrist"):
             try:
                 parse_image_size(getattr(self, name))
@@ -177,8 +326,9 @@ class TrainingArguments(transformers.TrainingArguments):
     model_max_length: int = field(default=2048, metadata={"help": "Maximum sequence length (tokens)."})
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Freeze the ViT (its LoRA stays trainable)."})
     freeze_backbone: bool = field(default=False, metadata={"help": "Freeze the whole VLM (LoRA stays trainable)."})
-    tune_mm_mlp_adapter: bool = field(default=False)
-    group_by_modality_length: bool = field(default=False)
+    # The reference defaulted to False; all its scripts pass True; it never read the flag.
+    tune_mm_mlp_adapter: bool = field(default=True, metadata={"help": _legacy_help("tune_mm_mlp_adapter")})
+    group_by_modality_length: bool = field(default=False, metadata={"help": _legacy_help("group_by_modality_length")})
     # --- stages -------------------------------------------------------------------------------
     load_pretrain: bool = field(
         default=False, metadata={"help": "Stage 3: --model_name_or_path is a trained VLA (stage-2 checkpoint)."}
@@ -190,12 +340,12 @@ class TrainingArguments(transformers.TrainingArguments):
     # --- LoRA ---------------------------------------------------------------------------------
     lora_enable: bool = field(default=False)
     lora_module: str = field(default="vit llm", metadata={"help": f"Space-separated subset of {list(LORA_MODULES)}."})
-    lora_task_type: str = field(default="CAUSAL_LM")
+    lora_task_type: str | None = field(default=None, metadata={"help": _legacy_help("lora_task_type")})
     lora_r: int = field(default=64)
     lora_alpha: int = field(default=256)
     lora_dropout: float = field(default=0.05)
-    lora_weight_path: str = field(default="")
-    lora_bias: str = field(default="none", metadata={"help": f"One of {list(LORA_BIASES)}."})
+    lora_weight_path: str = field(default="", metadata={"help": _legacy_help("lora_weight_path")})
+    lora_bias: str = field(default="none", metadata={"help": _legacy_help("lora_bias")})
     non_lora_lr: float | None = field(
         default=None, metadata={"help": "Learning rate of the trainable non-LoRA modules when LoRA is on."}
     )
@@ -203,10 +353,11 @@ class TrainingArguments(transformers.TrainingArguments):
     bits: int = field(default=16, metadata={"help": f"Weight bits, one of {list(QUANT_BITS)} (4/8 need CUDA)."})
     double_quant: bool = field(default=True, metadata={"help": "Quantise the quantisation statistics too."})
     quant_type: str = field(default="nf4", metadata={"help": f"One of {list(QUANT_TYPES)}."})
-    # --- evaluation ---------------------------------------------------------------------------
-    max_new_tokens: int = field(default=128, metadata={"help": "Reasoning tokens generated at inference."})
+    # --- inference settings (rejected here: see LEGACY_FIELDS) ---------------------------------
+    max_new_tokens: int | None = field(default=None, metadata={"help": _legacy_help("max_new_tokens")})
 
     def __post_init__(self) -> None:
+        _check_legacy_fields(self)
         # The reference scripts pass --tf32 True; transformers raises where TF32 doesn't exist (CPU).
         if self.tf32 and not is_torch_tf32_available():
             logger.warning("tf32=True but this machine has no TF32 (needs an Ampere+ GPU); continuing with tf32=False")
@@ -224,8 +375,6 @@ class TrainingArguments(transformers.TrainingArguments):
         unknown = sorted(set(modules) - set(LORA_MODULES))
         if unknown or not modules:
             raise ValueError(f"lora_module={self.lora_module!r}: each entry must be one of {list(LORA_MODULES)}")
-        if self.lora_bias not in LORA_BIASES:
-            raise ValueError(f"lora_bias={self.lora_bias!r} is not one of {list(LORA_BIASES)}")
         if self.lora_enable and (self.lora_r <= 0 or self.lora_alpha <= 0):
             raise ValueError(
                 f"lora_enable=True needs lora_r > 0 and lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}"
@@ -244,14 +393,12 @@ class TrainingArguments(transformers.TrainingArguments):
                 f"non_lora_lr={self.non_lora_lr} only applies with lora_enable=True; drop it or turn LoRA on"
             )
         if self.bits not in QUANT_BITS:
-            raise ValueError(f"bits={self.bits} is not one of {list(QUANT_BITS)}")
+            raise ValueError(
+                f"bits={self.bits} is not one of {list(QUANT_BITS)} (16: not quantised; the precision of "
+                "unquantised weights follows --bf16/--fp16)"
+            )
         if self.bits in (4, 8) and not self.lora_enable:
             raise ValueError(f"bits={self.bits} quantises frozen weights: it needs lora_enable=True to train anything")
-        if self.lora_weight_path:
-            raise ValueError(
-                f"lora_weight_path={self.lora_weight_path!r} is not supported: pass the LoRA checkpoint as "
-                "--model_name_or_path (it is merged onto its base model) instead"
-            )
         if self.quant_type not in QUANT_TYPES:
             raise ValueError(f"quant_type={self.quant_type!r} is not one of {list(QUANT_TYPES)}")
         if self.llm_loss_weight < 0:
@@ -268,10 +415,34 @@ class TrainingArguments(transformers.TrainingArguments):
         return self.lora_module.replace(",", " ").split()
 
 
+def check_argument_combinations(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    head_args: ActionHeadArguments,
+) -> None:
+    """Checks that span two dataclasses (each one checks its own fields in ``__post_init__``).
+
+    Fills ``model_args.policy_class`` with the head type when it was not given.
+    """
+    if model_args.policy_class is None:
+        model_args.policy_class = head_args.policy_head_type
+    elif model_args.policy_class != head_args.policy_head_type:
+        # The reference's scripts pass the head type twice; the head is built from --policy_head_type.
+        raise ValueError(
+            f"policy_class={model_args.policy_class!r} differs from policy_head_type="
+            f"{head_args.policy_head_type!r}: the head is built from --policy_head_type; pass the same value "
+            "to both or drop --policy_class"
+        )
+
+
 __all__ = [
+    "LEGACY_FIELDS",
     "ActionHeadArguments",
     "DataArguments",
     "LORA_MODULES",
+    "LegacyField",
     "ModelArguments",
     "TrainingArguments",
+    "check_argument_combinations",
 ]

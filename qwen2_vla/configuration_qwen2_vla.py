@@ -30,6 +30,8 @@ class Qwen2VLAConfig(Qwen2VLConfig):
         image_size_stable (`str`, *optional*): `"(width,height)"` the non-wrist cameras were resized to
             in training; saved so that inference pre-processes exactly as training did.
         image_size_wrist (`str`, *optional*): the same for wrist cameras.
+        image_crop_ratio (`float`, *optional*): the crop training applied after that resize (0.95 when it
+            augmented: random there, a centre crop at inference); `None`: no crop.
         use_reasoning (`bool`, *optional*): whether training answered with the sub-step reasoning
             (``reasoning + "Next action:<|im_end|>"``) or with ``<|im_end|>`` alone; inference
             generates or appends the answer accordingly.
@@ -47,6 +49,7 @@ class Qwen2VLAConfig(Qwen2VLConfig):
     llm_loss_weight: int | float = 1.0
     image_size_stable: str | None = None
     image_size_wrist: str | None = None
+    image_crop_ratio: float | None = None
     use_reasoning: bool | None = None
 
     def __post_init__(self, **kwargs) -> None:
@@ -69,6 +72,8 @@ class Qwen2VLAConfig(Qwen2VLConfig):
                 )
         if self.llm_loss_weight < 0:
             raise ValueError(f"llm_loss_weight must be >= 0, got {self.llm_loss_weight}")
+        if self.image_crop_ratio is not None and not 0.0 < self.image_crop_ratio <= 1.0:
+            raise ValueError(f"image_crop_ratio must be in (0, 1] or None, got {self.image_crop_ratio}")
         for name in ("image_size_stable", "image_size_wrist"):
             value = getattr(self, name)
             if value is not None:

@@ -8,6 +8,12 @@ What is trainable after ``load_model`` (and nothing else):
 - ``policy_head`` and ``fusion``: always (with ``lora_module`` containing ``di_head`` the head's
   linear layers get LoRA instead, and only its input embeddings train in full, as the reference).
 - LoRA weights of the chosen ``lora_module`` parts ∈ {vit, llm, di_head}.
+
+Precision (the download is saved in bfloat16, and transformers 5 loads a checkpoint in the dtype its
+config names): trained parameters are always float32 master weights, whatever the checkpoint's dtype;
+``--bf16``/``--fp16`` mean mixed precision (autocast), so frozen parts are held in that compute dtype to
+save memory. Under DeepSpeed the engine casts the module to the compute dtype and keeps its own fp32
+master copy, so the model is loaded in the compute dtype directly.
 """
 
 from __future__ import annotations
@@ -90,6 +96,48 @@ def compute_dtype_of(training_args: Any) -> torch.dtype:
     return torch.float32
 
 
+def load_dtype_of(training_args: Any) -> torch.dtype:
+    """Dtype ``from_pretrained`` loads in: float32 master weights, or the compute dtype under DeepSpeed/bits."""
+    if getattr(training_args, "deepspeed", None) or getattr(training_args, "bits", 16) in (4, 8):
+        return compute_dtype_of(training_args)
+    return torch.float32
+
+
+def cast_frozen_parameters(model: nn.Module, dtype: torch.dtype) -> None:
+    """Hold frozen parameters in ``dtype`` (the autocast compute dtype); trainable ones are untouched."""
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
+def cast_trainable_parameters(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    """Trainable parameters as fp32 master weights: an AdamW step of 2e-5 on 0.02 rounds away in bf16."""
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
+def dtype_report(model: nn.Module) -> str:
+    """``part: trainable <dtypes> (n), frozen <dtypes> (n)`` for each part of the VLA, for the load log."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefixes = {VISION_PREFIX: "vision", LANGUAGE_PREFIX: "llm", HEAD_PREFIX: "policy_head", FUSION_PREFIX: "fusion"}
+    parts: dict[str, dict[bool, dict[str, int]]] = {}
+    for name, param in base.named_parameters():
+        part = next((p for prefix, p in prefixes.items() if name.startswith(prefix)), name.split(".", 1)[0])
+        counts = parts.setdefault(part, {True: {}, False: {}})[param.requires_grad]
+        dtype = str(param.dtype).removeprefix("torch.")
+        counts[dtype] = counts.get(dtype, 0) + param.numel()
+    lines = []
+    for part, by_trainable in parts.items():
+        described = [
+            f"{label} " + "/".join(f"{dtype} ({n:,})" for dtype, n in sorted(by_trainable[flag].items()))
+            for flag, label in ((True, "trainable"), (False, "frozen"))
+            if by_trainable[flag]
+        ]
+        lines.append(f"{part}: {', '.join(described)}")
+    return "; ".join(lines)
+
+
 def _is_lora_checkpoint(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
@@ -161,13 +209,22 @@ def load_model(
     """
     model_args, data_args, training_args = config["model_args"], config["data_args"], config["training_args"]
     compute_dtype = compute_dtype_of(training_args)
-    load_kwargs: dict[str, Any] = {"cache_dir": training_args.cache_dir}
+    # Never the checkpoint's own dtype ("auto"): a bf16 download would train bf16 weights with no fp32 master.
+    load_kwargs: dict[str, Any] = {"cache_dir": training_args.cache_dir, "dtype": load_dtype_of(training_args)}
     if training_args.flash_attn:
         load_kwargs["attn_implementation"] = "flash_attention_2"
     quant = quantization_config(training_args, compute_dtype)
     if quant is not None:
-        load_kwargs.update(quantization_config=quant, dtype=compute_dtype)
+        load_kwargs["quantization_config"] = quant
 
+    if training_args.deepspeed:
+        # ZeRO-3 partitions the weights while loading (deepspeed.zero.Init) and reads the world size from
+        # DeepSpeed's process group. On GPUs accelerate creates it; on CPU it only sets up torch.distributed
+        # (gloo), so wrap that group before loading, or each process would believe it is alone.
+        import deepspeed
+
+        _ = training_args.device  # sets up torch.distributed
+        deepspeed.init_distributed()
     source = model_args.model_name_or_path
     rank0_print(f"load_model: {'stage 3 from ' if training_args.load_pretrain else ''}{source}")
     model = from_pretrained_vla(source, config=qwen2_vla_config, **load_kwargs)
@@ -204,6 +261,11 @@ def load_model(
         rank0_print(f"load_model: LoRA r={training_args.lora_r} on {modules}: {len(targets)} linear layers")
 
     set_trainable(model, training_args)
+    if not training_args.deepspeed:
+        cast_trainable_parameters(model)
+        if compute_dtype != torch.float32:
+            cast_frozen_parameters(model, compute_dtype)
+    rank0_print(f"load_model: dtypes: {dtype_report(model)}")
     if training_args.gradient_checkpointing:
         # Frozen embeddings would otherwise cut the graph for checkpointed layers.
         model.enable_input_require_grads()

@@ -29,8 +29,14 @@ def build_messages(num_images: int, instruction: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": content}]
 
 
-def answer_text(reasoning: str, use_reasoning: bool) -> str:
-    return f"{reasoning}{ACTION_PROMPT}{END_OF_TURN}" if use_reasoning else END_OF_TURN
+def answer_text(reasoning: str | None, use_reasoning: bool) -> str:
+    """``reasoning + "Next action:" + <|im_end|>``, or just ``<|im_end|>`` without reasoning.
+
+    ``reasoning=None`` (an episode without a reasoning annotation) gets the no-reasoning answer even
+    under ``use_reasoning``: no language loss is spent on reasoning it does not have. Per sample, so a
+    batch may mix annotated and unannotated episodes.
+    """
+    return f"{reasoning}{ACTION_PROMPT}{END_OF_TURN}" if use_reasoning and reasoning is not None else END_OF_TURN
 
 
 class Qwen2VLAProcess:
@@ -83,7 +89,7 @@ class Qwen2VLAProcess:
     def forward_process(self, sample: dict[str, Any], use_reasoning: bool = True) -> dict[str, Any]:
         """``sample`` (see ``EpisodicDataset``) -> features with the answer appended and ``labels``."""
         features = self.prompt_inputs(sample["image"], sample["raw_lang"])
-        answer = self.tokenizer(answer_text(sample.get("reasoning", ""), use_reasoning), add_special_tokens=False)
+        answer = self.tokenizer(answer_text(sample.get("reasoning"), use_reasoning), add_special_tokens=False)
         answer_ids = torch.as_tensor(answer["input_ids"], dtype=features["input_ids"].dtype)
         prompt_len = features["input_ids"].shape[0]
         features["input_ids"] = torch.cat([features["input_ids"], answer_ids])

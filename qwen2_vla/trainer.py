@@ -8,8 +8,9 @@ losses; here only hooks are overridden:
   so TensorBoard shows ``train/llm_loss`` and ``train/action_loss``.
 - ``model_accepts_loss_kwargs = False`` and ``loss_is_scaled_for_ga = False``: the model returns
   per-batch means, so the Trainer divides by the gradient-accumulation steps itself.
-- ``create_optimizer``: weight-decay groups as the reference, plus ``non_lora_lr`` for the
-  trainable non-LoRA modules of a LoRA run (the reference's ``non_lora_modules`` list).
+- ``create_optimizer``: decay / no-decay groups (transformers' rule, which also spares RMSNorm
+  weights the reference decayed; see scripts/README.md), plus ``non_lora_lr`` for the trainable
+  non-LoRA modules of a LoRA run (the reference's ``non_lora_modules`` list).
 - ``_get_train_sampler``: ``EpisodeSampler`` from ``load_data``'s ``sampler_params`` seeded with
   ``args.seed``: deterministic per epoch, so a resumed run sees the same order.
 - ``_save``: every save is self-contained: weights + config + processor (tokenizer, chat template,

@@ -78,6 +78,7 @@ def make_episode(
     width: int,
     camera_names: Sequence[str],
     compress: bool,
+    sim: bool = True,
 ) -> None:
     position = rng.uniform(0.15, 0.85, size=2)
     omega = angular_speeds(position)
@@ -94,7 +95,7 @@ def make_episode(
 
     images = {cam: np.stack([f[cam] for f in frames]) for cam in camera_names}
     reasonings = [reasoning_for_step(t, episode_len) for t in range(episode_len)]
-    write_episode(path, action, qpos, qvel, images, LANGUAGE, reasonings, compress=compress, sim=True)
+    write_episode(path, action, qpos, qvel, images, LANGUAGE, reasonings, compress=compress, sim=sim)
 
 
 def make_example_episodes(
@@ -106,8 +107,12 @@ def make_example_episodes(
     seed: int = 0,
     compress: bool = False,
     camera_names: Sequence[str] = tuple(ALOHA_CAMERAS),
+    sim: bool = True,
 ) -> list[Path]:
-    """Write ``episode_{i}.hdf5`` files into ``out_dir`` and return their paths (deterministic in ``seed``)."""
+    """Write ``episode_{i}.hdf5`` files into ``out_dir`` and return their paths (deterministic in ``seed``).
+
+    ``sim=False`` marks them as real-robot recordings (training pairs frame ``t`` with ``action[t-1:]``).
+    """
     unknown = set(camera_names) - {"cam_high", "cam_left_wrist", "cam_right_wrist"}
     if unknown:
         raise ValueError(f"make_example_episodes renders only the ALOHA cameras; unknown: {sorted(unknown)}")
@@ -117,7 +122,7 @@ def make_example_episodes(
     paths = []
     for i in range(num_episodes):
         path = out_dir / f"episode_{i}.hdf5"
-        make_episode(path, rng, episode_len, height, width, camera_names, compress)
+        make_episode(path, rng, episode_len, height, width, camera_names, compress, sim)
         paths.append(path)
     return paths
 
@@ -131,9 +136,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compress", action="store_true", help="store frames as JPEG bytes (ACT's compress)")
+    parser.add_argument("--real_robot", action="store_true", help="mark the episodes as real-robot (sim=False)")
     args = parser.parse_args(argv)
     paths = make_example_episodes(
-        args.out_dir, args.num_episodes, args.episode_len, args.height, args.width, args.seed, args.compress
+        args.out_dir, args.num_episodes, args.episode_len, args.height, args.width, args.seed, args.compress,
+        sim=not args.real_robot,
     )
     print(f"wrote {len(paths)} episodes to {args.out_dir}")
 

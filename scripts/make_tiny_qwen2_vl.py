@@ -3,7 +3,7 @@
 
 Usage::
 
-    python scripts/make_tiny_qwen2_vl.py OUT_DIR [--seed N]
+    python scripts/make_tiny_qwen2_vl.py OUT_DIR [--seed N] [--real-width]
 
 The output directory is a *stock* Qwen2-VL directory (config.json, generation_config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json, chat_template.jinja, processor_config.json). It loads offline
@@ -19,6 +19,11 @@ Everything is built locally -- nothing is fetched from the Hub:
 * Qwen2-VL-2B-Instruct's chat format (re-written Jinja, see ``CHAT_TEMPLATE``);
 * a ``Qwen2VLImageProcessor`` / ``Qwen2VLVideoProcessor`` with small pixel budgets for tiny camera images;
 * a ~0.23M parameter ``Qwen2VLForConditionalGeneration`` initialised from ``seed`` (float32, safetensors).
+
+``--real-width`` builds the fixture that dtype, memory and shape bugs show up on: Qwen2-VL-2B-Instruct's
+widths (text 1536/8960 with 12 query and 2 key/value heads; vision 1280 with 16 heads; merger to 1536) and the
+real processor's pixel budget, but 2 text and 2 vision layers and the small vocabulary (~170M parameters), saved
+in bfloat16 with ``"dtype": "bfloat16"`` in config.json exactly as the download is.
 """
 
 from __future__ import annotations
@@ -102,6 +107,22 @@ MERGE_SIZE = 2
 TEMPORAL_PATCH_SIZE = 2
 
 DEFAULT_BPE_VOCAB_SIZE = 1024
+
+# Qwen2-VL-2B-Instruct's pixel budget (preprocessor_config.json of the download).
+REAL_MIN_PIXELS = 56 * 56
+REAL_MAX_PIXELS = 28 * 28 * 1280
+# Qwen2-VL-2B-Instruct's widths with 2 text and 2 vision layers: ``build_config`` keyword arguments.
+REAL_WIDTH_CONFIG: dict[str, Any] = {
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "mrope_section": (16, 24, 24),
+    "vision_depth": 2,
+    "vision_embed_dim": 1280,
+    "vision_num_heads": 16,
+}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenizer corpus (robot-instruction-like English). Generated deterministically from these lists.
@@ -257,13 +278,16 @@ def build_tokenizer(bpe_vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> Any:
     return tokenizer
 
 
-def build_processor(tokenizer: Any) -> Any:
-    """Wrap ``tokenizer`` with Qwen2-VL image/video processors (small pixel budget) into a ``Qwen2VLProcessor``."""
+def build_processor(tokenizer: Any, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Any:
+    """Wrap ``tokenizer`` with Qwen2-VL image/video processors into a ``Qwen2VLProcessor``.
+
+    The default pixel budget is small (tiny camera images); the real-width fixture passes the real one.
+    """
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     vision_kwargs = {
-        "min_pixels": MIN_PIXELS,
-        "max_pixels": MAX_PIXELS,
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
         "patch_size": PATCH_SIZE,
         "temporal_patch_size": TEMPORAL_PATCH_SIZE,
         "merge_size": MERGE_SIZE,
@@ -293,6 +317,7 @@ def build_config(
     vision_num_heads: int = 2,
     max_position_embeddings: int = 4096,
     tie_word_embeddings: bool = True,
+    dtype: str = "float32",
 ) -> Any:
     """Return a tiny ``Qwen2VLConfig`` whose token ids point at ``tokenizer``'s special tokens."""
     from transformers import Qwen2VLConfig
@@ -344,7 +369,7 @@ def build_config(
         vision_start_token_id=tid("<|vision_start|>"),
         vision_end_token_id=tid("<|vision_end|>"),
         tie_word_embeddings=tie_word_embeddings,
-        dtype="float32",
+        dtype=dtype,
     )
 
 
@@ -354,12 +379,16 @@ def build_tiny_qwen2_vl(
     *,
     bpe_vocab_size: int = DEFAULT_BPE_VOCAB_SIZE,
     tie_word_embeddings: bool = True,
+    dtype: str = "float32",
+    min_pixels: int = MIN_PIXELS,
+    max_pixels: int = MAX_PIXELS,
     **config_kwargs: Any,
 ) -> Path:
     """Write a tiny random Qwen2-VL checkpoint (model + tokenizer + processor) to ``out_dir`` and return its path.
 
     Weights depend only on ``seed`` (two builds with the same seed give byte-identical safetensors); the tokenizer
-    does not depend on the seed at all. ``config_kwargs`` are forwarded to :func:`build_config`.
+    does not depend on the seed at all. ``config_kwargs`` are forwarded to :func:`build_config`. ``dtype``
+    (``"float32"`` or ``"bfloat16"``) is the dtype the weights are saved in and the one config.json names.
     """
     import torch
     from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
@@ -368,14 +397,15 @@ def build_tiny_qwen2_vl(
     out.mkdir(parents=True, exist_ok=True)
 
     tokenizer = build_tokenizer(bpe_vocab_size)
-    processor = build_processor(tokenizer)
-    config = build_config(tokenizer, tie_word_embeddings=tie_word_embeddings, **config_kwargs)
+    processor = build_processor(tokenizer, min_pixels=min_pixels, max_pixels=max_pixels)
+    config = build_config(tokenizer, tie_word_embeddings=tie_word_embeddings, dtype=dtype, **config_kwargs)
 
     # fork_rng: seed locally without clobbering the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2VLForConditionalGeneration(config)
-    model = model.to(torch.float32).eval()
+    # Initialised in float32, then stored in the dtype the config names (the download: bfloat16).
+    model = model.to(getattr(torch, dtype)).eval()
 
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -395,13 +425,31 @@ def build_tiny_qwen2_vl(
     return out
 
 
+def build_real_width_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
+    """Qwen2-VL-2B-Instruct's widths and processor, 2 + 2 layers, saved in bfloat16 as the download is."""
+    return build_tiny_qwen2_vl(
+        out_dir,
+        seed,
+        dtype="bfloat16",
+        min_pixels=REAL_MIN_PIXELS,
+        max_pixels=REAL_MAX_PIXELS,
+        **REAL_WIDTH_CONFIG,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: ``make_tiny_qwen2_vl.py OUT_DIR [--seed N]``."""
+    """CLI entry point: ``make_tiny_qwen2_vl.py OUT_DIR [--seed N] [--real-width]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("out_dir", type=Path, help="directory to write the checkpoint into (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights (default: 0)")
+    parser.add_argument(
+        "--real-width",
+        action="store_true",
+        help="Qwen2-VL-2B's widths (2+2 layers, small vocabulary), saved in bfloat16 as the download",
+    )
     args = parser.parse_args(argv)
-    path = build_tiny_qwen2_vl(args.out_dir, seed=args.seed)
+    build = build_real_width_qwen2_vl if args.real_width else build_tiny_qwen2_vl
+    path = build(args.out_dir, seed=args.seed)
     print(path)
     return 0
 

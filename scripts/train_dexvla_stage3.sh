@@ -18,6 +18,9 @@ OUTPUT=${OUTPUT:?set OUTPUT to the output directory}
 ZERO=${ZERO:-scripts/zero2.json}
 BF16=${BF16:-True}
 FLASH_ATTN=${FLASH_ATTN:-True}
+# The reference clipped nothing (its DeepSpeed config has no gradient_clipping, and DeepSpeed 0.9
+# defaulted to 0); zero*.json take this value ("auto"). MAX_GRAD_NORM=1.0 clips. See scripts/README.md.
+MAX_GRAD_NORM=${MAX_GRAD_NORM:-0}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
 mkdir -p "$OUTPUT"
 
@@ -59,6 +62,7 @@ deepspeed --master_port "$MASTER_PORT" "${PLACEMENT[@]}" ./train_vla.py \
   --save_steps 10000 \
   --save_total_limit 50 \
   --learning_rate 2e-5 \
+  --max_grad_norm "$MAX_GRAD_NORM" \
   --weight_decay 0. \
   --warmup_ratio 0.001 \
   --lr_scheduler_type "cosine" \

@@ -19,7 +19,6 @@ EXPECTED_PROBLEMS: dict[str, tuple[str, str]] = {
     "float_images.hdf5": ("/observations/images/cam_left_wrist", "dtype float32"),
     "not_hdf5.hdf5": ("", "does not open as HDF5"),
     "corrupt_jpeg.hdf5": ("/observations/images/cam_high", "readable"),
-    "small_wrist_camera.hdf5": ("/observations/images/cam_left_wrist", "found (28, 28)"),
     "missing_language.hdf5": ("/language_raw", "found nothing"),
     "nan_qvel.hdf5": ("/observations/qvel", "NaN/inf"),
 }
@@ -62,9 +61,6 @@ def _break(root: h5py.File, name: str) -> None:
     elif name == "float_images.hdf5":
         images = root["/observations/images/cam_left_wrist"][()].astype(np.float32)
         _replace(root, "/observations/images/cam_left_wrist", images)
-    elif name == "small_wrist_camera.hdf5":
-        images = root["/observations/images/cam_left_wrist"][()]
-        _replace(root, "/observations/images/cam_left_wrist", images[:, ::2, ::2].copy())
     elif name == "missing_language.hdf5":
         del root["/language_raw"]
     elif name == "nan_qvel.hdf5":

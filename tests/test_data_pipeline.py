@@ -16,7 +16,7 @@ import torch
 from aloha_scripts import constants
 from aloha_scripts.constants import REPO_ROOT, get_task_config
 from data_utils.check_data_integrity import DataIntegrityError, check_dirs
-from data_utils.dataset import EpisodicDataset, episode_action_deltas
+from data_utils.dataset import EpisodicDataset, chunk_action_deltas
 from data_utils.hdf5_io import decode_jpeg, encode_jpeg, find_all_hdf5
 from data_utils.image_utils import build_train_augmentation, parse_image_size, to_pil_images
 from data_utils.normalization import MINMAX_MARGIN, NormStats, RunningStats
@@ -65,8 +65,8 @@ def test_unknown_task_and_bad_entries_say_so():
         get_task_config("nope")
     with pytest.raises(KeyError, match="lacks required key.*camera_names"):
         get_task_config("t", {"t": {"dataset_dir": ["x"], "episode_len": 5}})
-    with pytest.raises(TypeError, match="must be a list"):
-        get_task_config("t", {"t": {"dataset_dir": "x", "episode_len": 5, "camera_names": ["c"]}})
+    with pytest.raises(TypeError, match="must be a directory or a non-empty list"):
+        get_task_config("t", {"t": {"dataset_dir": 5, "episode_len": 5, "camera_names": ["c"]}})
     with pytest.raises(ValueError, match="sample_weights has 1 entries but dataset_dir has 2"):
         get_task_config(
             "t", {"t": {"dataset_dir": ["a", "b"], "episode_len": 5, "camera_names": ["c"], "sample_weights": [1]}}
@@ -125,12 +125,6 @@ def test_std_floor_applies_to_constant_dimension(tmp_path):
 
 
 def test_delta_control_stats_are_those_of_the_deltas(episodes_dir):
-    paths = find_all_hdf5(episodes_dir)
-    stats, _ = get_norm_stats(paths, delta_control=True)
-    deltas = np.concatenate([episode_action_deltas(a) for a in _all_arrays(paths, "/action")])
-    np.testing.assert_allclose(stats.action_min, deltas.min(0) - MINMAX_MARGIN, atol=1e-6)
-    np.testing.assert_allclose(stats.action_max, deltas.max(0) + MINMAX_MARGIN, atol=1e-6)
-
     class DataArgs:
         delta_control = True
 
@@ -138,9 +132,21 @@ def test_delta_control_stats_are_those_of_the_deltas(episodes_dir):
     assert dstats.delta_control
     episode_id, start_ts = train._locate_transition(5)
     with h5py.File(train.dataset_path_list[episode_id], "r") as root:
-        action = root["/action"][()]
-    expected = episode_action_deltas(action)[start_ts : start_ts + 8]  # sim episodes: chunk starts at start_ts
-    assert torch.allclose(train[5]["action"], torch.as_tensor(dstats.normalize_action(expected), dtype=torch.float32))
+        action, qpos = root["/action"][()], root["/observations/qpos"][()]
+    # Sim episodes: the chunk starts at start_ts; its first delta is taken from the frame's state.
+    expected = chunk_action_deltas(action[start_ts : start_ts + 8], qpos[start_ts])
+    normalized = torch.as_tensor(dstats.normalize_action(expected), dtype=torch.float32)
+    torch.testing.assert_close(train[5]["action"], normalized, rtol=0, atol=1e-6)  # float32 deltas in [-1, 1]
+    # The statistics are those of every (unpadded) delta the dataset yields (brute force over all steps).
+    deltas = []
+    for index in range(len(train)):
+        raw = train.load_raw_step(*train._locate_transition(index))
+        deltas.append(raw["action"][~raw["is_pad"]].astype(np.float64))
+    deltas = np.concatenate(deltas)
+    np.testing.assert_allclose(dstats.action_min, deltas.min(0) - MINMAX_MARGIN, atol=1e-6)
+    np.testing.assert_allclose(dstats.action_max, deltas.max(0) + MINMAX_MARGIN, atol=1e-6)
+    np.testing.assert_allclose(dstats.action_mean, deltas.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dstats.action_std, np.maximum(deltas.std(0, ddof=1), 1e-2), rtol=1e-5, atol=1e-7)
 
 
 def test_stats_json_round_trip_is_exact_and_pickle_free(tmp_path, episodes_dir):
@@ -378,10 +384,19 @@ def test_dataset_rejects_mismatched_delta_control(episodes_dir):
         EpisodicDataset(train.dataset_path_list, CAMERAS, stats, [0], [30], 8, delta_control=True)
 
 
-def test_missing_reasoning_is_an_error_only_when_supervised(tmp_path):
-    make_example_episodes(tmp_path, num_episodes=1, episode_len=10, height=28, width=28)
-    with h5py.File(tmp_path / "episode_0.hdf5", "r+") as root:
+def _reasoning_variants(directory: Path) -> list[Path]:
+    """Three episodes: sub-step reasonings, only the reference's episode-level ``/reasoning``, neither."""
+    paths = make_example_episodes(directory, num_episodes=3, episode_len=10, height=28, width=28)
+    with h5py.File(paths[1], "r+") as root:
         del root["/substep_reasonings"]
+        root.create_dataset("reasoning", data=np.array([b"pick the cube, then lift it"]))
+    with h5py.File(paths[2], "r+") as root:
+        del root["/substep_reasonings"]
+    return paths
+
+
+def test_reasoning_falls_back_to_the_episode_key_and_unannotated_episodes_train_without(tmp_path):
+    paths = _reasoning_variants(tmp_path)
 
     class Process:
         def forward_process(self, sample, use_reasoning=True):
@@ -390,8 +405,81 @@ def test_missing_reasoning_is_an_error_only_when_supervised(tmp_path):
     class DataArgs:
         use_reasoning = True
 
-    with pytest.raises(DataIntegrityError, match=r"episode_0.hdf5: key '/substep_reasonings'"):
-        _load(tmp_path, llava_pythia_process=Process(), config={"data_args": DataArgs()})
+    messages: list[str] = []
+    train, *_ = _load(tmp_path, llava_pythia_process=Process(), config={"data_args": DataArgs()}, rank0_print=messages.append)
+    # One warning, at load time, naming only the episode without any reasoning.
+    warnings = [m for m in messages if "WARNING" in m]
+    assert len(warnings) == 1 and str(paths[2]) in warnings[0]
+    assert str(paths[0]) not in warnings[0] and str(paths[1]) not in warnings[0]
+    by_episode = {}
+    for index in range(len(train)):
+        episode_id, start_ts = train._locate_transition(index)
+        by_episode.setdefault(Path(train.dataset_path_list[episode_id]).name, set()).add(train[index]["reasoning"])
+    assert by_episode["episode_0.hdf5"] == {"reach toward the red square", "approach the red square", "hold both arms at the square"}
+    assert by_episode["episode_1.hdf5"] == {"pick the cube, then lift it"}
+    assert by_episode["episode_2.hdf5"] == {None}
+    # Without use_reasoning nothing is said (the reasoning is not trained on at all).
     DataArgs.use_reasoning = False
-    train, *_ = _load(tmp_path, llava_pythia_process=Process(), config={"data_args": DataArgs()})
-    assert train[0]["reasoning"] == ""
+    messages.clear()
+    _load(tmp_path, llava_pythia_process=Process(), config={"data_args": DataArgs()}, rank0_print=messages.append)
+    assert not [m for m in messages if "WARNING" in m]
+
+
+def test_a_batch_mixes_reasoning_and_no_reasoning_answers(tmp_path, tiny_model_dir):
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from data_utils.data_collator import Qwen2VLADataCollatorForSupervisedDataset
+    from qwen2_vla.robot_data_processor import IGNORE_INDEX, Qwen2VLAProcess
+
+    class DataArgs:
+        use_reasoning = True
+        image_size_stable = "(28,28)"
+        image_size_wrist = "(28,28)"
+
+    _reasoning_variants(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    process = Qwen2VLAProcess(tokenizer, processor, DataArgs(), CAMERAS)
+    train, *_ = _load(tmp_path, llava_pythia_process=process, config={"data_args": DataArgs()})
+    first = {Path(train.dataset_path_list[train._locate_transition(i)[0]]).name: i for i in reversed(range(len(train)))}
+    items = [train[first[name]] for name in ("episode_0.hdf5", "episode_1.hdf5", "episode_2.hdf5")]
+    batch = Qwen2VLADataCollatorForSupervisedDataset(processor, None, tokenizer)(items)
+    answers = [tokenizer.decode(ids[labels != IGNORE_INDEX]) for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True)]
+    assert answers == [
+        "reach toward the red squareNext action:<|im_end|>",
+        "pick the cube, then lift itNext action:<|im_end|>",
+        "<|im_end|>",  # the unannotated episode: the no-reasoning answer, no language loss on reasoning
+    ]
+
+
+def test_missing_reasoning_is_a_warning_of_the_integrity_check(tmp_path, capsys):
+    from data_utils.check_data_integrity import main
+
+    paths = _reasoning_variants(tmp_path)
+    assert check_dirs([str(tmp_path)], CAMERAS) == []
+    assert main([str(tmp_path), "--camera_names", *CAMERAS]) == 0
+    out = capsys.readouterr().out
+    warning = [line for line in out.splitlines() if line.startswith("WARNING")]
+    assert len(warning) == 1 and str(paths[2]) in warning[0] and str(paths[1]) not in warning[0]
+    # An empty episode-level reasoning is a real problem.
+    with h5py.File(paths[1], "r+") as root:
+        del root["/reasoning"]
+        root.create_dataset("reasoning", data=np.array([], dtype="S1"))
+    assert main([str(tmp_path), "--camera_names", *CAMERAS]) == 1
+    assert f"{paths[1]}: key '/reasoning': expected shape (1,), found shape (0,)" in capsys.readouterr().out
+
+
+def test_dataset_dir_given_as_a_string_is_one_directory(tmp_path):
+    make_example_episodes(tmp_path, num_episodes=2, episode_len=10, height=28, width=28)
+    tasks = {
+        "relative": {"dataset_dir": "data/x", "stats_dir": "data/s", "episode_len": 5, "camera_names": ["c"]},
+        "absolute": {"dataset_dir": str(tmp_path), "episode_len": 10, "camera_names": CAMERAS, "sample_weights": [1.0]},
+    }
+    relative = get_task_config("relative", tasks)
+    assert relative["dataset_dir"] == [str(REPO_ROOT / "data/x")] and relative["stats_dir"] == [str(REPO_ROOT / "data/s")]
+    config = get_task_config("absolute", tasks)
+    assert config["dataset_dir"] == [str(tmp_path)]
+    train, *_ = _load(tmp_path, dataset_dir_l=config["dataset_dir"])
+    assert len(train) == 20
+    with pytest.raises(TypeError, match="non-empty list"):
+        get_task_config("t", {"t": {"dataset_dir": [], "episode_len": 5, "camera_names": ["c"]}})

@@ -75,6 +75,150 @@ def test_batch_equals_one_by_one(policy, episodes_dir):
         assert b["reasoning"] == s["reasoning"]
 
 
+# ---- the actions depend on the observation ----------------------------------------------------------
+# The checkpoint's head is not at its adaLN-Zero start (evaluate.testing.build_tiny_checkpoint): its actions are
+# a function of the observation, not of the fixed DDIM noise alone. Changes are measured in normalised action
+# units (the model's [-1, 1] output scale) as a mean |difference|; repeating an observation gives exactly the same
+# chunk, and float32 reorderings (batching) move it by < 1e-5, so CHANGE is 100x above numerical noise.
+CHANGE = 1e-3
+
+
+def normalized_change(policy: DexVLAPolicy, a: np.ndarray, b: np.ndarray) -> float:
+    """Mean |difference| of two raw action chunks in the model's normalised units."""
+    return float(np.abs(policy.stats.normalize_action(a) - policy.stats.normalize_action(b)).mean())
+
+
+@pytest.mark.parametrize("camera", CAMERAS)
+def test_actions_change_when_one_camera_image_changes(policy, episodes_dir, camera):
+    first, second = find_all_hdf5(episodes_dir)[:2]
+    obs = observation(first, 3)
+    base = policy.infer(obs)["actions"]
+    np.testing.assert_array_equal(policy.infer(observation(first, 3))["actions"], base)  # no noise of its own
+    other = observation(second, 20)["images"][camera]  # that camera in another episode (another square, gripper)
+    assert not np.array_equal(other, obs["images"][camera])
+    obs["images"][camera] = other
+    change = normalized_change(policy, policy.infer(obs)["actions"], base)
+    assert change > CHANGE, f"replacing {camera}'s image moved the actions by only {change:.2e}"
+
+
+def test_actions_change_when_the_state_changes(policy, episodes_dir):
+    path = find_all_hdf5(episodes_dir)[0]
+    obs = observation(path, 3)
+    base = policy.infer(obs)["actions"]
+    obs["state"] = observation(path, 20)["state"]
+    change = normalized_change(policy, policy.infer(obs)["actions"], base)
+    assert change > CHANGE, f"another state moved the actions by only {change:.2e}"
+
+
+def test_actions_change_when_the_prompt_changes(policy, episodes_dir):
+    obs = observation(find_all_hdf5(episodes_dir)[0], 3)
+    base = policy.infer(obs)["actions"]
+    assert obs["prompt"] != "pick up the cube and hand it over"
+    obs["prompt"] = "pick up the cube and hand it over"
+    change = normalized_change(policy, policy.infer(obs)["actions"], base)
+    assert change > CHANGE, f"another prompt moved the actions by only {change:.2e}"
+
+
+@pytest.mark.parametrize("pair", [("cam_left_wrist", "cam_right_wrist"), ("cam_high", "cam_left_wrist")])
+def test_swapping_two_cameras_changes_the_actions(policy, episodes_dir, pair):
+    obs = observation(find_all_hdf5(episodes_dir)[1], 10)
+    a, b = pair
+    assert not np.array_equal(obs["images"][a], obs["images"][b])  # a frame where the two views differ
+    base = policy.infer(obs)["actions"]
+    obs["images"][a], obs["images"][b] = obs["images"][b], obs["images"][a]
+    change = normalized_change(policy, policy.infer(obs)["actions"], base)
+    assert change > CHANGE, f"swapping {a} and {b} moved the actions by only {change:.2e}"
+
+
+def test_channel_first_and_channel_last_images_give_identical_actions(policy, episodes_dir):
+    obs = observation(find_all_hdf5(episodes_dir)[1], 10)
+    base = policy.infer(obs)["actions"]
+    chw = {**obs, "images": {cam: np.ascontiguousarray(img.transpose(2, 0, 1)) for cam, img in obs["images"].items()}}
+    np.testing.assert_array_equal(policy.infer(chw)["actions"], base)
+    mixed = {**obs, "images": {**obs["images"], "cam_left_wrist": chw["images"]["cam_left_wrist"]}}
+    np.testing.assert_array_equal(policy.infer(mixed)["actions"], base)
+
+
+def test_cameras_reach_the_model_in_the_checkpoint_order(policy, episodes_dir, monkeypatch):
+    """Each camera a uniform grey of its own level, sent in reversed dict order: the model's image blocks
+    (one per camera, ``image_grid_thw`` patches each) must come in ``dataset_stats.json``'s camera order."""
+    levels = {cam: 40 + 80 * i for i, cam in enumerate(policy.camera_names)}  # rising in the checkpoint order
+    obs = observation(find_all_hdf5(episodes_dir)[0], 0)
+    obs["images"] = {cam: np.full_like(obs["images"][cam], levels[cam]) for cam in reversed(policy.camera_names)}
+    seen = {}
+    predict = policy.model.predict_action
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(policy.model, "predict_action", spy)
+    policy.infer(obs)
+    patches = seen["image_grid_thw"].prod(dim=1).tolist()
+    assert len(patches) == len(CAMERAS)
+    block_means = [block.float().mean().item() for block in seen["pixel_values"].split(patches)]
+    assert block_means == sorted(block_means) and len(set(block_means)) == len(CAMERAS), block_means
+
+
+@pytest.mark.slow  # builds conftest's shared overfit checkpoint when first asked for it
+def test_batch_rows_that_stop_generating_at_different_steps(overfit_vla_ckpt, episodes_dir, monkeypatch):
+    """The overfit checkpoint reasons differently (and at different lengths) in the three thirds of its episode:
+    in a batch, rows finish generating at different steps, and each must still get its own answer span."""
+    policy = DexVLAPolicy(overfit_vla_ckpt, device="cpu", max_new_tokens=16, seed=0)
+    path = find_all_hdf5(episodes_dir)[0]
+    observations = [observation(path, t) for t in (0, 12, 25)]
+    outputs = []
+    predict = policy.model.predict_action
+
+    def spy(*args, **kwargs):
+        outputs.append(predict(*args, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(policy.model, "predict_action", spy)
+    batched = policy.infer_batch(observations)
+    lengths = outputs[0].answer_mask.sum(dim=1).tolist()
+    assert len(set(lengths)) == len(observations), lengths  # every row stopped at its own step
+    assert max(lengths) < policy.max_new_tokens  # ... and all of them stopped by themselves
+    for row, obs in enumerate(observations):
+        alone = policy.infer(obs)
+        assert outputs[-1].answer_mask.sum().item() == lengths[row]
+        assert batched[row]["reasoning"] == alone["reasoning"]
+        np.testing.assert_allclose(batched[row]["actions"], alone["actions"], rtol=0, atol=1e-5)
+    assert len({out["reasoning"] for out in batched}) == len(observations)
+
+
+def test_camera_resolution_batch_equals_one_by_one(camera_vla_ckpt, camera_episodes_dir, monkeypatch):
+    """480x640 frames for a policy trained at (320, 240) stable / (160, 120) wrist with Qwen2-VL-2B's pixel budget:
+    every camera reaches the model at the patch grid of its training size, and a batch (left padded: prompts of
+    different lengths) gives the actions of its observations one by one."""
+    from tests.conftest import CAMERA_HW, STABLE_SIZE, WRIST_SIZE
+    from tests.test_vla_model import expected_grid
+
+    policy = DexVLAPolicy(camera_vla_ckpt, device="cpu", max_new_tokens=4, seed=0)
+    path = find_all_hdf5(camera_episodes_dir)[0]
+    observations = [observation(path, 0), observation(path, 7, "move both arms"), observation(path, 19)]
+    assert observations[0]["images"]["cam_high"].shape == (*CAMERA_HW, 3)
+    processor = policy.process.multimodal_processor
+    grids = [expected_grid(processor, WRIST_SIZE if "wrist" in cam else STABLE_SIZE) for cam in CAMERAS]
+    seen = []
+    predict = policy.model.predict_action
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["image_grid_thw"].tolist())
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(policy.model, "predict_action", spy)
+    batched = policy.infer_batch(observations)
+    assert seen[0] == grids * len(observations)
+    for obs, together in zip(observations, batched, strict=True):
+        alone = policy.infer(obs)
+        np.testing.assert_allclose(together["actions"], alone["actions"], rtol=0, atol=1e-5)
+        assert together["reasoning"] == alone["reasoning"]
+    assert seen[1:] == [grids] * len(observations)
+    # The three observations are told apart (a batch that mixed up rows would not pass the comparison above).
+    assert normalized_change(policy, batched[0]["actions"], batched[2]["actions"]) > CHANGE
+
+
 def test_unnormalisation_is_the_exact_inverse_of_the_dataset(policy, episodes_dir, monkeypatch):
     path = find_all_hdf5(episodes_dir)[0]
     dataset = EpisodicDataset(

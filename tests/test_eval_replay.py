@@ -9,10 +9,12 @@ import pytest
 import transformers
 
 from data_utils.hdf5_io import find_all_hdf5
+from data_utils.normalization import NormStats
 from evaluate.eval_dexvla import build_parser, evaluate, format_table
 from evaluate.metrics import chunk_errors, error_stats
+from evaluate.policy import DexVLAPolicy
 from evaluate.robots.replay import ReplayRobot, recorded_targets
-from evaluate.testing import overfit_checkpoint
+from evaluate.testing import episode_chunks
 from tests.conftest import CAMERAS, EVAL_CHUNK
 
 transformers.logging.set_verbosity_error()
@@ -27,9 +29,8 @@ def fresh_ckpt(tiny_vla_ckpt):
 
 
 @pytest.fixture(scope="module")
-def overfit_ckpt(tmp_path_factory, fresh_ckpt, episodes_dir):
-    episode = find_all_hdf5(episodes_dir)[0]
-    return overfit_checkpoint(fresh_ckpt, episode, tmp_path_factory.mktemp("overfit"), steps=300, batch_size=8, lr=1e-3)
+def overfit_ckpt(overfit_vla_ckpt):
+    return overfit_vla_ckpt
 
 
 def replay(ckpt, episode, out, *extra: str) -> dict:
@@ -55,17 +56,56 @@ def test_replay_writes_metrics_and_plot(fresh_ckpt, episodes_dir, tmp_path):
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and record["plot"] == str(png)
 
 
-def test_overfit_checkpoint_scores_lower_mse(fresh_ckpt, overfit_ckpt, episodes_dir, tmp_path):
+def episode_mean_chunk(stats: NormStats, episode) -> np.ndarray:
+    """``(chunk, action_dim)`` normalised: the best input-independent chunk for ``episode`` (least squares)."""
+    actions, valid = episode_chunks(stats, episode)
+    return (actions * valid[..., None]).sum(0) / valid.sum(0)[:, None]
+
+
+def replay_constant(monkeypatch, chunk: np.ndarray, ckpt, episode, out) -> dict:
+    """Replay with a predictor that answers ``chunk`` (normalised) whatever it is shown; same pipeline otherwise."""
+
+    def predict(self, features, states):
+        return np.repeat(chunk[None].astype(np.float32), len(features), axis=0), [""] * len(features)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(DexVLAPolicy, "_predict", predict)
+        return replay(ckpt, episode, out, "--strategy", "chunk")
+
+
+@pytest.mark.slow  # the shared overfit checkpoint, and four replays
+def test_overfit_checkpoint_beats_fresh_mean_chunk_and_zero_predictors(
+    fresh_ckpt, overfit_ckpt, episodes_dir, tmp_path, monkeypatch
+):
     episode = find_all_hdf5(episodes_dir)[0]
     fresh = replay(fresh_ckpt, episode, tmp_path / "fresh", "--strategy", "chunk")
     overfit = replay(overfit_ckpt, episode, tmp_path / "overfit", "--strategy", "chunk")
     assert fresh["episodes"][0]["queries"] == 30  # replay queries every recorded frame by default
     whole_chunks = replay(fresh_ckpt, episode, tmp_path / "chunks", "--strategy", "chunk", "--exec_horizon", str(CHUNK))
     assert whole_chunks["episodes"][0]["queries"] == 30 // CHUNK + 1
+    # Predictors that ignore the observation: the all-zero chunk (mid-range actions) and the episode's mean
+    # chunk, the best any such predictor can do. The overfit checkpoint must beat them clearly.
+    stats = NormStats.load(overfit_ckpt)
+    mean_chunk = episode_mean_chunk(stats, episode)
+    zero = replay_constant(monkeypatch, np.zeros_like(mean_chunk), overfit_ckpt, episode, tmp_path / "zero")
+    mean = replay_constant(monkeypatch, mean_chunk, overfit_ckpt, episode, tmp_path / "mean")
     for key in ("executed_mse_norm", "executed_mse_raw", "chunk_mse_norm"):
-        assert overfit[key] < 0.5 * fresh[key], (key, overfit[key], fresh[key])
+        scores = {"overfit": overfit[key], "fresh": fresh[key], "zero": zero[key], "mean_chunk": mean[key]}
+        assert mean[key] < zero[key], (key, scores)  # the baseline is a fair one
+        assert overfit[key] < 0.5 * min(fresh[key], zero[key], mean[key]), (key, scores)
     # It also learned the episode's reasoning.
     assert overfit["episodes"][0]["reasoning"][0]["text"].startswith("reach toward the red square")
+
+
+def test_replay_of_camera_resolution_frames(camera_vla_ckpt, camera_episodes_dir, tmp_path):
+    """480x640 recordings replayed through a policy trained at (320, 240) / (160, 120)."""
+    episode = find_all_hdf5(camera_episodes_dir)[0]
+    summary = replay(camera_vla_ckpt, episode, tmp_path, "--strategy", "chunk", "--exec_horizon", str(CHUNK))
+    record = summary["episodes"][0]
+    assert record["steps"] == 20 and record["queries"] == -(-20 // CHUNK)
+    assert record["chunk"]["count"] == sum(min(CHUNK, 20 - t) for t in range(0, 20, CHUNK))
+    for part in ("executed", "chunk"):
+        assert all(np.isfinite(record[part][key]) for key in ("mse_raw", "mse_norm"))
 
 
 def test_recorded_targets_follow_the_training_pairing():

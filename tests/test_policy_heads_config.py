@@ -72,6 +72,8 @@ def test_scaledp_config_rejects_bad_combinations(kwargs: dict, names: tuple[str,
     [
         ({"down_dims": [12, 16], "n_groups": 8}, ("down_dims", "n_groups")),
         ({"kernel_size": 4}, ("kernel_size",)),
+        ({"diffusion_step_embed_dim": 2}, ("diffusion_step_embed_dim",)),
+        ({"diffusion_step_embed_dim": 15}, ("diffusion_step_embed_dim",)),
         (
             {"num_inference_timesteps": 20, "num_train_timesteps": 10},
             ("num_inference_timesteps", "num_train_timesteps"),

@@ -24,7 +24,7 @@ def scaledp_config(**overrides) -> ScaleDPPolicyConfig:
 
 def unet_config(**overrides) -> UnetDiffusionPolicyConfig:
     kwargs = dict(global_cond_dim=COND, state_dim=STATE, action_dim=ACT, prediction_horizon=HORIZON)
-    kwargs.update(down_dims=[16, 32], diffusion_step_embed_dim=16, combine_hidden_dim=32)
+    kwargs.update(down_dims=[16, 32], diffusion_step_embed_dim=16)
     kwargs.update(overrides)
     return UnetDiffusionPolicyConfig(**kwargs)
 

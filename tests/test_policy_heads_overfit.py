@@ -84,7 +84,6 @@ def test_unet_overfits() -> None:
         prediction_horizon=HORIZON,
         down_dims=[32, 64],
         diffusion_step_embed_dim=64,
-        combine_hidden_dim=128,
         num_inference_timesteps=10,
     )
     drop, mae, seconds = overfit(ConditionalUnet1D(cfg), lr=3e-3)

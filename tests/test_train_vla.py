@@ -43,11 +43,16 @@ RESUME_FILES = {"trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state
 # ---- helpers shared with the other training tests (the tiny model: conftest's tiny_model_dir) -------
 
 
+def tiny_task_config(episodes_dir: Path) -> dict:
+    """The ``TASK_CONFIGS`` entry of the test task over ``episodes_dir`` (conftest's 30-step episodes)."""
+    return {"dataset_dir": [str(episodes_dir)], "episode_len": 30, "camera_names": CAMERAS}
+
+
 @pytest.fixture(scope="module")
 def tiny_task(episodes_dir: Path):
     """A task over the session's generated episodes (4 episodes of 30 steps, 56x56 images)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(TASK_CONFIGS, TASK, {"dataset_dir": [str(episodes_dir)], "episode_len": 30, "camera_names": CAMERAS})
+        mp.setitem(TASK_CONFIGS, TASK, tiny_task_config(episodes_dir))
         yield TASK
 
 

@@ -216,19 +216,20 @@ def test_resume_continues_the_same_run(flags, tiny_model_dir, tiny_task, tmp_pat
         torch.testing.assert_close(resumed.ema.shadow[name], value, msg=name)
 
 
-def test_ema_weights_saved_with_checkpoint(tiny_model_dir, tiny_task, tmp_path) -> None:
-    trainer = train_vla.run(tiny_argv(tiny_model_dir, tmp_path, max_steps=2, save_steps=2, using_ema=True))
-    with safe_open(str(tmp_path / "checkpoint-2" / EMA_WEIGHTS_NAME), framework="pt") as f:
+def test_ema_weights_saved_with_checkpoint(full_ema_run) -> None:
+    trainer = full_ema_run  # 2 steps, save_steps 2, using_ema (conftest; its checkpoints are also served)
+    run_dir = Path(trainer.args.output_dir)
+    with safe_open(str(run_dir / "checkpoint-2" / EMA_WEIGHTS_NAME), framework="pt") as f:
         assert set(f.keys()) == {n for n, p in trainer.model.named_parameters() if p.requires_grad}
         assert f.metadata()["num_updates"] == "2"
         name = next(n for n in f.keys() if n.startswith("policy_head.x_embedder"))
         assert not torch.equal(f.get_tensor(name), trainer.model.get_parameter(name).detach())
         ema_value = f.get_tensor(name)
     # The run's end also leaves a loadable model with the averaged weights; training weights are restored.
-    ema_model = type(trainer.model).from_pretrained(tmp_path / "ema")
+    ema_model = type(trainer.model).from_pretrained(run_dir / "ema")
     assert torch.equal(ema_model.get_parameter(name).detach(), ema_value)
     assert not torch.equal(trainer.model.get_parameter(name).detach(), ema_value)
-    assert (tmp_path / "ema" / "dataset_stats.json").exists()
+    assert (run_dir / "ema" / "dataset_stats.json").exists()
 
 
 def test_failed_checkpoint_save_leaves_no_checkpoint(tiny_model_dir, tiny_task, tmp_path, monkeypatch) -> None:
@@ -252,5 +253,10 @@ def test_loss_is_finite_and_decreases_over_a_short_run(tiny_model_dir, tiny_task
     trainer = train_vla.run(
         tiny_argv(tiny_model_dir, tmp_path, max_steps=30, logging_steps=10, save_strategy="no", learning_rate=3e-3)
     )
-    losses = [e["loss"] for e in train_logs(trainer)]
-    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    logs = train_logs(trainer)
+    assert [e["step"] for e in logs] == [10, 20, 30]
+    # The language loss dominates the total: the action loss must fall on its own, by a margin that the
+    # noise of 10-step means (random diffusion timesteps) does not reach.
+    for key, factor in (("loss", 1.0), ("llm_loss", 1.0), ("action_loss", 0.6)):
+        values = [e[key] for e in logs]
+        assert all(math.isfinite(x) for x in values) and values[-1] < factor * values[0], (key, values)

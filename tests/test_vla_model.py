@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -129,6 +130,54 @@ def test_forward_process_answer_and_labels(parts):
         {"image": torch.from_numpy(raw["images"]), "raw_lang": raw["raw_lang"], "reasoning": "x"}, use_reasoning=False
     )
     assert tokenizer.decode(no_reasoning["input_ids"][no_reasoning["labels"] != IGNORE_INDEX]) == "<|im_end|>"
+
+
+def expected_grid(processor, size: tuple[int, int]) -> list[int]:
+    """``[t, h, w]`` patches of one frame resized to ``size = (width, height)`` under ``processor``'s pixel budget."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    image = processor.image_processor
+    height, width = smart_resize(
+        size[1], size[0], factor=image.patch_size * image.merge_size,
+        min_pixels=image.size["shortest_edge"], max_pixels=image.size["longest_edge"],
+    )
+    return [1, height // image.patch_size, width // image.patch_size]
+
+
+def test_camera_frames_get_per_camera_non_square_grids(camera_vla_ckpt, camera_episodes_dir):
+    """480x640 frames, stable and wrist cameras trained at different sizes, Qwen2-VL-2B's pixel budget: training
+    and inference (``prompt_inputs``) give every camera the patch grid of its own training size."""
+    from tests.conftest import CAMERA_HW, STABLE_SIZE, WRIST_SIZE
+
+    tokenizer = AutoTokenizer.from_pretrained(camera_vla_ckpt)
+    processor = AutoProcessor.from_pretrained(camera_vla_ckpt)
+
+    class CameraArgs:
+        image_size_stable, image_size_wrist = str(STABLE_SIZE), str(WRIST_SIZE)
+
+    process = Qwen2VLAProcess(tokenizer, processor, CameraArgs(), CAMERAS)
+    train, *_ = load_data(
+        [str(camera_episodes_dir)], None, CAMERAS, 2, 2, CHUNK, llava_pythia_process=process, train_ratio=1.0,
+        rank0_print=lambda *a: None,
+    )
+    raw = train.load_raw_step(0, 5)
+    frames = raw["images"]
+    assert frames.shape == (len(CAMERAS), *CAMERA_HW, 3)  # as recorded
+    stable, wrist = expected_grid(processor, STABLE_SIZE), expected_grid(processor, WRIST_SIZE)
+    assert stable != wrist and stable[1] != stable[2] and wrist[1] != wrist[2]  # non-square, per camera
+    grids = [stable if "wrist" not in cam else wrist for cam in CAMERAS]
+    merge = processor.image_processor.merge_size**2
+    image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert stable[1] * stable[2] // merge == 99  # Qwen2-VL-2B's token count for a (320, 240) frame
+    for features in (train[5], process.prompt_inputs(raw["images"], raw["raw_lang"])):
+        assert features["image_grid_thw"].tolist() == grids
+        assert features["pixel_values"].shape[0] == sum(t * h * w for t, h, w in grids)
+        assert (features["input_ids"] == image_pad).sum().item() == sum(t * h * w // merge for t, h, w in grids)
+    # Channel-first frames give the same features.
+    last = process.prompt_inputs(frames, raw["raw_lang"])
+    first = process.prompt_inputs(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)), raw["raw_lang"])
+    for key in last:
+        assert torch.equal(first[key], last[key]), key
 
 
 def test_too_long_sample_is_an_error(parts):
@@ -260,6 +309,34 @@ def test_predict_action_shapes_and_reasoning(parts, model, batch_size):
     assert torch.equal(with_answer.sequences[0, -len(fixed):], fixed)
 
 
+def test_answer_mask_ends_each_row_at_its_own_first_eos(parts, tiny_model_dir):
+    """Rows of a batch that finish generating at different steps: each answer runs up to and including its
+    first end-of-sequence token; what generate() appends after it (padding, itself an EOS id here) is not answer."""
+    from transformers import GenerationConfig
+
+    from qwen2_vla.modeling_qwen2_vla import _answer_mask
+
+    tokenizer = parts[0]
+    generation = GenerationConfig.from_pretrained(tiny_model_dir)
+    eos_ids, pad = generation.eos_token_id, generation.pad_token_id
+    assert isinstance(eos_ids, list) and pad in eos_ids  # the real model's setup: padding is an EOS id too
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    a, b, c = tokenizer("reach red square", add_special_tokens=False)["input_ids"][:3]
+    generated = torch.tensor(
+        [
+            [a, b, im_end, pad, pad, pad],  # stops after 3 tokens
+            [a, im_end, pad, pad, pad, pad],  # stops after 2
+            [a, b, c, a, b, c],  # never stops: the whole budget is answer
+            [im_end, pad, pad, pad, pad, pad],  # stops at once
+            [a, b, c, pad, pad, pad],  # stops on the other EOS id (the pad token)
+        ]
+    )
+    expected = [[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1] * 6, [1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]]
+    assert _answer_mask(generated, eos_ids).int().tolist() == expected
+    assert _answer_mask(generated, im_end).int().tolist()[:4] == expected[:4]  # a single id works alike
+    assert _answer_mask(generated, None).all()  # no EOS known: everything generated counts
+
+
 def test_stock_config_is_not_a_vla_config(tiny_model_dir):
     with pytest.raises(ValueError, match="policy_head_config is None"):
         base = Qwen2VLConfig.from_pretrained(tiny_model_dir).to_dict()
@@ -296,13 +373,20 @@ def test_quantisation_without_cuda_is_a_clear_error(bits):
     assert quantization_config(Args(), torch.float32) is None
 
 
-def test_batched_prediction_equals_one_by_one_with_different_prompt_lengths(parts, model):
+@pytest.fixture(scope="module")
+def live_model(tiny_vla_ckpt):
+    """The evaluation tests' model: its head is off the adaLN-Zero start, so its actions depend on its inputs."""
+    return Qwen2VLAForConditionalGeneration.from_pretrained(tiny_vla_ckpt).eval()
+
+
+def test_batched_prediction_equals_one_by_one_with_different_prompt_lengths(parts, live_model):
     # Left-padded prompts of different lengths through generate() with the KV cache, then the head
     # with per-row noise: each row must come out as it would alone.
+    model = live_model
     tokenizer, _, process, train, collator = parts
     raw = train.load_raw_step(0, 0)
     prompts = [process.prompt_inputs(raw["images"], text) for text in ("pick", "move both arms to the red square now")]
-    noise = torch.randn(2, CHUNK, 14, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, CHUNK, 14, generator=torch.Generator().manual_seed(0)).repeat(2, 1, 1)
     states = torch.randn(2, 14, generator=torch.Generator().manual_seed(1))
 
     def run(features, rows):
@@ -317,3 +401,5 @@ def test_batched_prediction_equals_one_by_one_with_different_prompt_lengths(part
         alone = run([prompts[row]], [row])
         assert alone.reasoning[0] == together.reasoning[row]
         torch.testing.assert_close(alone.actions[0], together.actions[row], rtol=1e-4, atol=1e-5)
+    # Both rows start from the same noise: only their inputs tell them apart, far beyond the tolerance above.
+    assert (together.actions[0] - together.actions[1]).abs().mean() > 1e-3

@@ -6,6 +6,7 @@ gripper) as the AgileX stack expects. The topic names default to the AgileX ALOH
 
 ROS (``rospy``, ``sensor_msgs``, ``cv_bridge``) is imported only when the robot is created, so this
 module imports anywhere; without ROS, creating the robot fails with a message naming what is missing.
+Tests pass stand-ins for those modules as ``ros=`` (the same mapping :func:`import_ros` returns).
 
 Safety is deliberately minimal here: each commanded joint moves at most ``max_joint_step`` per step
 away from the last command (clamped, with a warning). Joint limits, homing, an e-stop and gripper
@@ -18,6 +19,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -77,10 +79,13 @@ class AgileXRobot(Robot):
         max_joint_step: largest change of any commanded joint per step (radians); ``None``: no clamp.
         obs_timeout_s: how long ``get_obs`` waits for fresh messages on every topic.
         node_name: the ROS node's name.
+        ros: the ROS modules as :func:`import_ros` returns them (default: imported now; tests pass fakes).
     """
 
     name = "agilex"
     default_fps = 50.0
+    #: ``{camera name or "arm0"/"arm1": ROS topic}``, for error messages.
+    _topic_of: Mapping[str, str] = MappingProxyType({})
 
     def __init__(
         self,
@@ -92,14 +97,20 @@ class AgileXRobot(Robot):
         max_joint_step: float | None = 0.1,
         obs_timeout_s: float = 1.0,
         node_name: str = "dexvla_eval",
+        ros: Mapping[str, Any] | None = None,
     ) -> None:
-        ros = import_ros()
+        ros = import_ros() if ros is None else ros
         self._rospy, self._joint_state_cls = ros["rospy"], ros["JointState"]
         self._bridge = ros["CvBridge"]()
         topics = {**DEFAULT_CAMERA_TOPICS, **dict(camera_topics or {})}
         missing = [cam for cam in camera_names if cam not in topics]
         if missing:
             raise ValueError(f"no image topic for cameras {missing}; give them in camera_topics")
+        if len(state_topics) != 2 or len(command_topics) != 2:
+            raise ValueError(
+                f"AgileX has two arms: state_topics and command_topics need (left, right), got "
+                f"{list(state_topics)} and {list(command_topics)}"
+            )
         self.camera_names = list(camera_names)
         self.prompt = prompt
         self.max_joint_step = max_joint_step
@@ -113,6 +124,10 @@ class AgileXRobot(Robot):
         self._last_obs_time = float("-inf")
         self._last_command: np.ndarray | None = None
         self.clamped_steps = 0
+        self._topic_of = {
+            **{cam: topics[cam] for cam in self.camera_names},
+            **{f"arm{arm}": topic for arm, topic in enumerate(state_topics)},
+        }
 
         self._rospy.init_node(node_name, anonymous=True, disable_signals=True)
         self._subscribers = [
@@ -152,8 +167,17 @@ class AgileXRobot(Robot):
             while stale := self._stale_topics():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"no fresh message within {self.obs_timeout_s} s on: {', '.join(stale)}")
+                    topics = ", ".join(self._topic_of.get(key, key) for key in stale)
+                    raise TimeoutError(
+                        f"no fresh message within {self.obs_timeout_s} s on: {', '.join(stale)} (topics: {topics})"
+                    )
                 self._lock.wait(remaining)
+            for arm, joints in enumerate(self._arms):
+                if joints.shape != (JOINTS_PER_ARM,):  # a short JointState would shift the right arm's joints
+                    raise ValueError(
+                        f"arm{arm} topic {self._topic_of.get(f'arm{arm}', f'arm{arm}')}: JointState.position has "
+                        f"{len(joints)} values, expected at least {JOINTS_PER_ARM} (6 joints + gripper)"
+                    )
             self._last_obs_time = time.monotonic()
             return {
                 "images": {cam: self._images[cam].copy() for cam in self.camera_names},
@@ -165,6 +189,7 @@ class AgileXRobot(Robot):
         return {"clamped_steps": self.clamped_steps}
 
     def reset(self) -> Observation:
+        """Wait for a fresh observation; the arms' state seeds the joint clamp (the first step moves from there)."""
         self._last_command = None
         self.clamped_steps = 0
         obs = self.get_obs()
@@ -172,10 +197,18 @@ class AgileXRobot(Robot):
         return obs
 
     def step(self, action: np.ndarray) -> StepInfo:
+        """Publish ``action (14,)``: left arm's 7 joint targets to ``command_topics[0]``, right arm's to ``[1]``."""
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (2 * JOINTS_PER_ARM,):
-            raise ValueError(f"AgileX takes ({2 * JOINTS_PER_ARM},) joint targets, got {action.shape}")
-        if self.max_joint_step is not None and self._last_command is not None:
+            raise ValueError(
+                f"AgileX takes ({2 * JOINTS_PER_ARM},) joint targets (left arm's {JOINTS_PER_ARM}, then the right's), "
+                f"got shape {action.shape}"
+            )
+        if not np.isfinite(action).all():  # NaN passes np.clip untouched: never send it to the motors
+            raise ValueError(f"non-finite joint targets at indices {np.flatnonzero(~np.isfinite(action)).tolist()}")
+        if self.max_joint_step is not None:
+            if self._last_command is None:  # the first command would go out unclamped
+                raise RuntimeError("AgileXRobot.step before reset(): reset() reads the arms to seed the joint clamp")
             clamped = np.clip(
                 action, self._last_command - self.max_joint_step, self._last_command + self.max_joint_step
             )
@@ -198,9 +231,9 @@ class AgileXRobot(Robot):
         return StepInfo(done=self._rospy.is_shutdown())
 
     def close(self) -> None:
-        for subscriber in getattr(self, "_subscribers", []):
-            subscriber.unregister()
-        self._subscribers = []
+        for endpoint in [*getattr(self, "_subscribers", []), *getattr(self, "_publishers", [])]:
+            endpoint.unregister()
+        self._subscribers, self._publishers = [], []
 
 
 __all__ = ["AgileXRobot", "DEFAULT_CAMERA_TOPICS", "import_ros"]

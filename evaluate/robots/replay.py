@@ -6,7 +6,8 @@ demonstration, and what it commands is kept for comparison with the recorded act
 
 The recorded action a frame is compared with is the one training paired with it: ``action[t]`` for
 simulated episodes and ``action[t - 1]`` for real-robot ones (their recordings lag one step; see
-``EpisodicDataset.load_raw_step``).
+``EpisodicDataset.load_raw_step``). ``delta_control`` pairs the same way: training's first delta for
+frame ``t`` is that action minus ``qpos[t]``, which deployment adds back to the state it is offered.
 """
 
 from __future__ import annotations

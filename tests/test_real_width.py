@@ -1,0 +1,126 @@
+"""Precision on the path a real user takes: a bf16 checkpoint at Qwen2-VL-2B's widths (conftest's real-width fixture).
+
+Trained parameters must be float32 master weights whatever the checkpoint's dtype: an AdamW step of 2e-5 on a
+weight of 0.02 rounds away in bfloat16 (its spacing there is 1.2e-4). ``--bf16 True`` means autocast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_vla
+from qwen2_vla.model_load_utils import load_model
+from tests import test_train_vla as shared
+from tests.test_train_vla import tiny_argv
+
+tiny_task = shared.tiny_task
+
+LR = 2e-5
+# A short run at the reference's learning rate, in mixed precision, on the real-width fixture.
+REAL_WIDTH_FLAGS = {"bf16": True, "learning_rate": LR, "max_steps": 1, "save_steps": 10, "weight_decay": 0.0,
+                    "per_device_train_batch_size": 1, "adam_epsilon": 1e-8}
+LORA_FLAGS = {"lora_enable": True, "freeze_backbone": True, "freeze_vision_tower": True, "lora_module": "vit llm"}
+
+
+def test_fixture_is_saved_like_the_download(real_width_model_dir: Path) -> None:
+    from safetensors import safe_open
+
+    config = json.loads((real_width_model_dir / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    text, vision = config.get("text_config", config), config["vision_config"]
+    assert (text["hidden_size"], text["intermediate_size"]) == (1536, 8960)
+    assert (text["num_attention_heads"], text["num_key_value_heads"], text["num_hidden_layers"]) == (12, 2, 2)
+    assert (vision["embed_dim"], vision["num_heads"], vision["hidden_size"], vision["depth"]) == (1280, 16, 1536, 2)
+    with safe_open(real_width_model_dir / "model.safetensors", framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+
+
+def _load(model_dir: Path, output_dir: Path, lines: list[str] | None = None, **flags) -> torch.nn.Module:
+    all_config, model_config = train_vla.parse_config(tiny_argv(model_dir, output_dir, **{**REAL_WIDTH_FLAGS, **flags}))
+    model, _ = load_model(all_config, model_config, rank0_print=(lines.append if lines is not None else print))
+    return model
+
+
+def _assert_master_weights_fp32(model: torch.nn.Module, frozen_dtype: torch.dtype) -> None:
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad}
+    assert trainable and set(trainable.values()) == {torch.float32}, {n: d for n, d in trainable.items() if d != torch.float32}
+    assert not frozen or set(frozen.values()) == {frozen_dtype}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags",
+    [{}, {"freeze_vision_tower": True}, LORA_FLAGS],
+    ids=["full", "frozen_vit", "lora"],
+)
+def test_trainable_parameters_are_float32_from_a_bf16_checkpoint(flags, real_width_model_dir, tiny_task, tmp_path):
+    lines: list[str] = []
+    model = _load(real_width_model_dir, tmp_path, lines, **flags)
+    # Frozen parts are held in the autocast dtype to save memory; the log says which part has which dtype.
+    _assert_master_weights_fp32(model, frozen_dtype=torch.bfloat16)
+    report = next(line for line in lines if "dtypes:" in line)
+    assert "policy_head: trainable float32" in report and "fusion: trainable float32" in report
+    assert ("frozen bfloat16" in report.split("vision:")[1].split(";")[0]) == bool(flags)
+    # --bf16 False: nothing is bfloat16 at all (the flag is no longer ignored).
+    model = _load(real_width_model_dir, tmp_path, bf16=False, **flags)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+@pytest.fixture(scope="module")
+def bf16_stage2_run(real_width_model_dir, tiny_task, tmp_path_factory):
+    """One bf16 training step of full fine-tuning on the real-width model: (weights before, trainer)."""
+    output_dir = tmp_path_factory.mktemp("real_width_stage2")
+    all_config, model_config = train_vla.parse_config(tiny_argv(real_width_model_dir, output_dir, **REAL_WIDTH_FLAGS))
+    parts = train_vla.prepare(all_config, model_config)
+    before = {n: p.detach().clone() for n, p in parts["model"].named_parameters() if p.requires_grad}
+    trainer = train_vla.train_bc(config=all_config, **parts)
+    return before, trainer, output_dir
+
+
+def _relative_steps(before: dict[str, torch.Tensor], model: torch.nn.Module, name: str) -> torch.Tensor:
+    after = dict(model.named_parameters())[name]
+    assert after.dtype == torch.float32
+    return (after.detach() - before[name]).abs().flatten() / LR
+
+
+@pytest.mark.slow
+def test_bf16_step_moves_small_weights_as_fp32_adamw(bf16_stage2_run):
+    before, trainer, _ = bf16_stage2_run
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    # AdamW's first step moves every weight with a gradient by lr * g / (|g| + eps) ~ lr. Weights of the
+    # LLM are ~0.02 and of the new head/fusion smaller: in bf16 such a step rounds to exactly nothing.
+    for name in ("model.language_model.layers.0.mlp.down_proj.weight", "model.visual.blocks.0.mlp.fc1.weight"):
+        assert before[name].abs().median() < 0.05  # a small weight, where bf16 cannot hold the step
+        steps = _relative_steps(before, model, name)
+        assert steps.median() == pytest.approx(1.0, abs=0.2), name
+        assert (steps == 0).float().mean() < 0.05, name
+
+
+@pytest.mark.slow
+def test_stage3_from_the_bf16_run_trains_in_float32(bf16_stage2_run, tiny_task, tmp_path):
+    _, _, stage2_dir = bf16_stage2_run
+    model = _load(stage2_dir, tmp_path, load_pretrain=True)
+    _assert_master_weights_fp32(model, frozen_dtype=torch.bfloat16)
+
+
+@pytest.mark.slow
+def test_lora_step_moves_adapters_as_fp32_adamw(real_width_model_dir, tiny_task, tmp_path):
+    all_config, model_config = train_vla.parse_config(
+        tiny_argv(real_width_model_dir, tmp_path, **{**REAL_WIDTH_FLAGS, **LORA_FLAGS})
+    )
+    parts = train_vla.prepare(all_config, model_config)
+    model = parts["model"]
+    name = next(n for n, _ in model.named_parameters() if "language_model.layers.0.mlp.down_proj.lora_B" in n)
+    before = {name: dict(model.named_parameters())[name].detach().clone()}
+    trainer = train_vla.build_trainer(all_config, **parts)
+    trainer.train()
+    steps = _relative_steps(before, trainer.accelerator.unwrap_model(trainer.model), name)
+    assert steps.median() == pytest.approx(1.0, abs=0.2)
+    frozen = dict(model.named_parameters())
+    base_name = name.replace("lora_B.default.weight", "base_layer.weight")
+    assert frozen[base_name].dtype == torch.bfloat16 and not frozen[base_name].requires_grad
