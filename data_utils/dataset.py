@@ -130,8 +130,8 @@ class EpisodicDataset(torch.utils.data.Dataset):
         self.policy_class = policy_class
         self.llava_pythia_process = llava_pythia_process
         self.augment_images = resolve_augment_images(augment_images, policy_class)
-        if crop_ratio is None and self.augment_images:
-            crop_ratio = DEFAULT_CROP_RATIO
+        if crop_ratio is None:
+            crop_ratio = training_crop_ratio(augment_images, policy_class)
         self.crop_ratio = crop_ratio
         self.image_size = None if image_size is None else parse_image_size(image_size)
         self.image_transform = CameraImageTransform(self.image_size, crop_ratio)

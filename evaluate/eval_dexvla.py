@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--num_inference_timesteps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
     model.add_argument("--image_size_stable", default=None, help="override the checkpoint's '(W,H)'")
     model.add_argument("--image_size_wrist", default=None, help="override the checkpoint's '(W,H)'")
+    model.add_argument(
+        "--image_crop_ratio", type=float, default=None,
+        help="training's crop for checkpoints that do not record it (0.95: diffusion head trained with augmentation)",
+    )
     model.add_argument("--prompt", default=None, help="instruction (default: the episode's / the sim task's)")
     loop = parser.add_argument_group("control loop")
     loop.add_argument("--strategy", default="chunk", choices=STRATEGIES)
@@ -169,7 +173,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         ckpt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
         seed=None if args.seed < 0 else args.seed,
         num_inference_timesteps=args.num_inference_timesteps, image_size_stable=args.image_size_stable,
-        image_size_wrist=args.image_size_wrist, default_prompt=args.prompt,
+        image_size_wrist=args.image_size_wrist, default_prompt=args.prompt, image_crop_ratio=args.image_crop_ratio,
     )
     robot = make_robot(args, policy.camera_names, out_dir)
     fps = args.fps if args.fps is not None else robot.default_fps

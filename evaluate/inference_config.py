@@ -15,19 +15,23 @@ Nothing found is an error that says which of these to provide; a silent default 
 from training, which is exactly the drift this module exists to prevent.
 
 The crop of training (``image_crop_ratio``: 0.95 when it augmented, repeated here as a centre crop) is
-looked up the same way; absent everywhere means training cropped nothing (checkpoints written before
-the trainer recorded it).
+looked up the same way. A checkpoint written before the trainer recorded it has none: no crop is
+applied and a warning says how to set it (``--image_crop_ratio 0.95`` for a diffusion head trained with
+the default augmentation).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from data_utils.image_utils import parse_image_size
+
+logger = logging.getLogger(__name__)
 
 EVAL_CONFIG_FILE = "eval_config.json"
 IMAGE_SIZE_KEYS = ("image_size_stable", "image_size_wrist")
@@ -56,12 +60,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def save_eval_config(ckpt_dir: str | os.PathLike, image_size_stable: Any, image_size_wrist: Any) -> Path:
-    """Write ``eval_config.json`` (``"(width,height)"`` strings) into ``ckpt_dir``."""
+def save_eval_config(
+    ckpt_dir: str | os.PathLike, image_size_stable: Any, image_size_wrist: Any, image_crop_ratio: float | None = None
+) -> Path:
+    """Write ``eval_config.json`` (``"(width,height)"`` strings and the training crop) into ``ckpt_dir``."""
     stable, wrist = parse_image_size(image_size_stable), parse_image_size(image_size_wrist)
     path = Path(ckpt_dir) / EVAL_CONFIG_FILE
     path.write_text(json.dumps({"image_size_stable": f"({stable[0]},{stable[1]})",
-                                "image_size_wrist": f"({wrist[0]},{wrist[1]})"}, indent=2))
+                                "image_size_wrist": f"({wrist[0]},{wrist[1]})", CROP_KEY: image_crop_ratio}, indent=2))
     return path
 
 
@@ -98,7 +104,13 @@ def load_inference_config(
             '{"image_size_stable": "(W,H)", "image_size_wrist": "(W,H)"} (the training run\'s --image_size_* '
             "values), or pass --image_size_stable/--image_size_wrist"
         )
-    crop = next((v[CROP_KEY] for _, v in layers if v.get(CROP_KEY) is not None), image_crop_ratio)
+    crop = next((v[CROP_KEY] for _, v in layers if v.get(CROP_KEY) is not None), None)
+    if not any(CROP_KEY in values for _, values in layers[1:]) and image_crop_ratio is None:
+        logger.warning(
+            "%s does not record %s (written before the trainer saved it): no crop at inference. A diffusion "
+            "head trained with the default augmentation saw a 0.95 crop: pass --image_crop_ratio 0.95",
+            ckpt_dir, CROP_KEY,
+        )
     if crop is not None and not 0.0 < float(crop) <= 1.0:
         raise ValueError(f"{ckpt_dir}: {CROP_KEY}={crop!r} must be in (0, 1]")
     source = ", ".join(sorted(set(sources.values())))

@@ -155,6 +155,8 @@ class DexVLAPolicy:
         seed: seed of the DDIM noise (see the module docstring); ``None`` for fresh noise per query.
         num_inference_timesteps: DDIM steps (default: the head's config).
         image_size_stable, image_size_wrist: override the checkpoint's image sizes (old checkpoints).
+        image_crop_ratio: training's crop, for checkpoints that do not record it (``config.json``'s
+            ``image_crop_ratio``; e.g. 0.95 for a diffusion head trained with augmentation).
         default_prompt: used when an observation has no ``"prompt"``.
     """
 
@@ -169,6 +171,7 @@ class DexVLAPolicy:
         image_size_stable: Any | None = None,
         image_size_wrist: Any | None = None,
         default_prompt: str | None = None,
+        image_crop_ratio: float | None = None,
     ) -> None:
         from transformers import AutoProcessor, AutoTokenizer
 
@@ -185,7 +188,9 @@ class DexVLAPolicy:
         if not self.stats.camera_names:
             raise ValueError(f"{self.ckpt_dir}/dataset_stats.json lists no camera_names; the camera order is unknown")
         self.camera_names = list(self.stats.camera_names)
-        self.inference_config = load_inference_config(self.ckpt_dir, image_size_stable, image_size_wrist)
+        self.inference_config = load_inference_config(
+            self.ckpt_dir, image_size_stable, image_size_wrist, image_crop_ratio
+        )
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_new_tokens = int(max_new_tokens)
@@ -240,6 +245,7 @@ class DexVLAPolicy:
             "delta_control": bool(self.stats.delta_control),
             "image_size_stable": list(stable),
             "image_size_wrist": list(wrist),
+            "image_crop_ratio": self.inference_config.image_crop_ratio,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
         }

@@ -159,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num_inference_timesteps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
     parser.add_argument("--image_size_stable", default=None)
     parser.add_argument("--image_size_wrist", default=None)
+    parser.add_argument("--image_crop_ratio", type=float, default=None, help="for checkpoints that do not record it")
     parser.add_argument("--default_prompt", default=None, help="used when a request has no prompt")
     parser.add_argument("--warmup", type=int, default=2, help="inferences on a dummy observation before serving")
     args = parser.parse_args(argv)
@@ -170,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.ckpt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
         seed=None if args.seed < 0 else args.seed, num_inference_timesteps=args.num_inference_timesteps,
         image_size_stable=args.image_size_stable, image_size_wrist=args.image_size_wrist,
+        image_crop_ratio=args.image_crop_ratio,
         default_prompt=args.default_prompt,
     )
     if args.warmup:

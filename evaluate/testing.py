@@ -135,6 +135,8 @@ def overfit_checkpoint(
     dataset = EpisodicDataset(
         [str(episode_path)], stats.camera_names, stats, [0], [length], int(stats.chunk_size),
         llava_pythia_process=process, augment_images=False, rank0_print=lambda *a: None,
+        # Pre-processed exactly as DexVLAPolicy will serve it (resize first, the checkpoint's crop).
+        image_size=sizes.image_size_stable, crop_ratio=sizes.image_crop_ratio,
     )
     features = [dataset[i] for i in range(len(dataset))]
     collator = Qwen2VLADataCollatorForSupervisedDataset(processor, None, tokenizer)
@@ -187,9 +189,25 @@ def episode_chunks(stats: NormStats, episode_path: str | os.PathLike) -> tuple[n
     return actions, valid
 
 
+def mean_chunk(actions: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(chunk, action_dim)``: the mean of :func:`episode_chunks`' targets over their real steps.
+
+    The least-squares best chunk of every predictor that ignores its inputs: the baseline a policy
+    that sees its observations must beat.
+    """
+    return (actions * valid[..., None]).sum(0) / valid.sum(0)[:, None]
+
+
 def read_overfit_log(ckpt_dir: str | os.PathLike) -> dict[str, list[float]]:
     """The per-step losses :func:`overfit_checkpoint` recorded: ``{"loss"|"action_loss"|"llm_loss": [steps]}``."""
     return json.loads((Path(ckpt_dir) / OVERFIT_LOG_NAME).read_text())
 
 
-__all__ = ["OVERFIT_LOG_NAME", "build_tiny_checkpoint", "episode_chunks", "overfit_checkpoint", "read_overfit_log"]
+__all__ = [
+    "OVERFIT_LOG_NAME",
+    "build_tiny_checkpoint",
+    "episode_chunks",
+    "mean_chunk",
+    "overfit_checkpoint",
+    "read_overfit_log",
+]

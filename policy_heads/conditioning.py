@@ -20,6 +20,22 @@ def pool_condition(hidden_states: torch.Tensor) -> torch.Tensor:
     return hidden_states.mean(dim=1)
 
 
+def concat_state(cond: torch.Tensor, states: torch.Tensor | None, state_dim: int) -> torch.Tensor:
+    """`cond` `(B, C)` and `states` `(B, state_dim)` -> `(B, C + state_dim)`; checks the state's presence and width.
+
+    `state_dim == 0`: no state is expected, `cond` is returned as is.
+    """
+    if state_dim > 0:
+        if states is None:
+            raise ValueError(f"states of width state_dim={state_dim} are required, got None")
+        if states.shape[-1] != state_dim:
+            raise ValueError(f"states have width {states.shape[-1]}, expected state_dim={state_dim}")
+        return torch.cat([cond, states.to(cond.dtype)], dim=-1)
+    if states is not None and states.numel() > 0:
+        raise ValueError("states were given but the head was configured with state_dim=0")
+    return cond
+
+
 class StateConditionMixer(nn.Sequential):
     """The reference's `combine` MLP: `[condition, state] -> condition`, three linear layers with ReLU.
 
@@ -38,15 +54,7 @@ class StateConditionMixer(nn.Sequential):
 
     def forward(self, cond: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
         """`cond` `(B, C)`, `states` `(B, state_dim)` (None only when `state_dim == 0`) -> `(B, C)`."""
-        if self.state_dim > 0:
-            if states is None:
-                raise ValueError(f"states of width state_dim={self.state_dim} are required, got None")
-            if states.shape[-1] != self.state_dim:
-                raise ValueError(f"states have width {states.shape[-1]}, expected state_dim={self.state_dim}")
-            cond = torch.cat([cond, states.to(cond.dtype)], dim=-1)
-        elif states is not None and states.numel() > 0:
-            raise ValueError("states were given but the head was configured with state_dim=0")
-        return super().forward(cond)
+        return super().forward(concat_state(cond, states, self.state_dim))
 
 
-__all__ = ["StateConditionMixer", "pool_condition"]
+__all__ = ["StateConditionMixer", "concat_state", "pool_condition"]

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from .conditioning import pool_condition
+from .conditioning import concat_state, pool_condition
 from .configuration_unet import UnetDiffusionPolicyConfig
 from .diffusion_policy import DiffusionPolicyMixin, expand_timesteps
 from .scheduling import build_ddim_scheduler
@@ -192,16 +192,7 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
     def _condition(self, global_cond: torch.Tensor, states: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """`(B, N, C)` or `(B, C)` condition and `(B, state_dim)` state -> `(B, C)` mixed condition."""
         cond = self.norm_after_pool(pool_condition(global_cond).to(dtype))
-        state_dim = self.config.state_dim
-        if state_dim > 0:
-            if states is None:
-                raise ValueError(f"states of width state_dim={state_dim} are required, got None")
-            if states.shape[-1] != state_dim:
-                raise ValueError(f"states have width {states.shape[-1]}, expected state_dim={state_dim}")
-            cond = torch.cat([cond, states.to(dtype)], dim=-1)
-        elif states is not None and states.numel() > 0:
-            raise ValueError("states were given but the head was configured with state_dim=0")
-        return self.combine(cond)
+        return self.combine(concat_state(cond, states, self.config.state_dim))
 
     def model_forward(
         self,

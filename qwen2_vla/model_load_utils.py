@@ -103,17 +103,14 @@ def load_dtype_of(training_args: Any) -> torch.dtype:
     return torch.float32
 
 
-def cast_frozen_parameters(model: nn.Module, dtype: torch.dtype) -> None:
-    """Hold frozen parameters in ``dtype`` (the autocast compute dtype); trainable ones are untouched."""
-    for param in model.parameters():
-        if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
-            param.data = param.data.to(dtype)
+def cast_parameters(model: nn.Module, dtype: torch.dtype, trainable: bool) -> None:
+    """Cast the trainable (``trainable=True``) or the frozen floating-point parameters of ``model`` to ``dtype``.
 
-
-def cast_trainable_parameters(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
-    """Trainable parameters as fp32 master weights: an AdamW step of 2e-5 on 0.02 rounds away in bf16."""
+    Trainable ones become fp32 master weights (an AdamW step of 2e-5 on 0.02 rounds away in bf16); frozen
+    ones are held in the autocast compute dtype to save memory.
+    """
     for param in model.parameters():
-        if param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+        if param.requires_grad == trainable and param.is_floating_point() and param.dtype != dtype:
             param.data = param.data.to(dtype)
 
 
@@ -262,9 +259,8 @@ def load_model(
 
     set_trainable(model, training_args)
     if not training_args.deepspeed:
-        cast_trainable_parameters(model)
-        if compute_dtype != torch.float32:
-            cast_frozen_parameters(model, compute_dtype)
+        cast_parameters(model, torch.float32, trainable=True)
+        cast_parameters(model, compute_dtype, trainable=False)
     rank0_print(f"load_model: dtypes: {dtype_report(model)}")
     if training_args.gradient_checkpointing:
         # Frozen embeddings would otherwise cut the graph for checkpointed layers.

@@ -84,19 +84,33 @@ def test_zero3_lora_run_exports_a_merged_model_that_serves(tiny_model_dir, launc
     _assert_serves(merged)
 
 
-def test_real_width_bf16_checkpoint_under_zero2_bf16(real_width_model_dir, launch_env, tmp_path):  # noqa: F811
-    state = _deepspeed(
-        real_width_model_dir, tmp_path / "run", launch_env, deepspeed=ZERO2, bf16=True, max_steps=2,
-        save_steps=2, per_device_train_batch_size=1, learning_rate=2e-5,
-    )
+def test_real_width_bf16_checkpoint_under_zero2_bf16_trains_and_resumes(
+    real_width_model_dir, launch_env, tmp_path  # noqa: F811
+):
+    flags = dict(deepspeed=ZERO2, bf16=True, max_steps=2, save_steps=1, per_device_train_batch_size=1,
+                 learning_rate=2e-5)
+    state = _deepspeed(real_width_model_dir, tmp_path / "run", launch_env, **flags)
     logs = train_logs(state["log_history"])
     assert [e["step"] for e in logs] == [1, 2]
     assert all(np.isfinite([e["loss"], e["llm_loss"], e["action_loss"]]).all() for e in logs)
     # DeepSpeed keeps the fp32 master copy in its optimizer shards, beside the bf16 module weights.
-    checkpoint = tmp_path / "run" / "checkpoint-2"
-    shards = list(checkpoint.glob("global_step2/*optim_states.pt"))
+    shards = sorted((tmp_path / "run" / "checkpoint-2").glob("global_step2/*optim_states.pt"))
     assert len(shards) == 2
     master = torch.load(shards[0], map_location="cpu", weights_only=False)["optimizer_state_dict"]
     groups = master["single_partition_of_fp32_groups"]
     assert groups and all(t.dtype == torch.float32 for t in groups)
+    # Interrupted after step 1: a copy of that checkpoint resumes to the same step-2 losses and weights.
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "run" / "checkpoint-1", resumed_dir / "checkpoint-1")
+    resumed = train_logs(
+        _deepspeed(real_width_model_dir, resumed_dir, launch_env, resume_from_checkpoint=True, **flags)["log_history"]
+    )
+    assert resumed[-1]["step"] == 2
+    for key in ("loss", "llm_loss", "action_loss", "learning_rate"):
+        assert resumed[-1][key] == pytest.approx(logs[-1][key], rel=1e-4), key
+    run_weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    resumed_weights = load_file(str(resumed_dir / "model.safetensors"))
+    for name, value in run_weights.items():
+        torch.testing.assert_close(resumed_weights[name], value, msg=name)
     _assert_serves(tmp_path / "run")

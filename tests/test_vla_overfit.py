@@ -15,7 +15,7 @@ import transformers
 
 from data_utils.hdf5_io import find_all_hdf5, read_frame, read_language
 from evaluate.policy import DexVLAPolicy
-from evaluate.testing import episode_chunks, read_overfit_log
+from evaluate.testing import episode_chunks, mean_chunk, read_overfit_log
 from tests.conftest import OVERFIT_STEPS
 
 transformers.logging.set_verbosity_error()
@@ -47,8 +47,8 @@ def test_overfit_policy_predicts_the_episode_better_than_any_constant_chunk(over
     targets, valid = episode_chunks(policy.stats, episode)
     mse = ((predicted - targets) ** 2)[valid].mean()
     # The episode's mean chunk is the least-squares best of all predictors that ignore their inputs.
-    mean_chunk = (targets * valid[..., None]).sum(0) / valid.sum(0)[:, None]
-    mean_chunk_mse = ((mean_chunk[None] - targets) ** 2)[valid].mean()
+    best_constant = mean_chunk(targets, valid)
+    mean_chunk_mse = ((best_constant[None] - targets) ** 2)[valid].mean()
     zero_mse = (targets**2)[valid].mean()
     print(f"overfit: MSE {mse:.3f}, mean-chunk MSE {mean_chunk_mse:.3f}, all-zero MSE {zero_mse:.3f}")
     assert mean_chunk_mse > 0.1  # the episode's chunks differ: a model that ignores its inputs can't score well
