@@ -7,8 +7,9 @@ Every configuration runs in its own process (clean peak memory) on generated epi
 directory; nothing is downloaded. The first steps (warm-up) are not timed. Not a test.
 
 The CPU "real-width" row trains the bf16 fixture at Qwen2-VL-2B's widths (2 text + 2 vision layers,
-``make_tiny_qwen2_vl.py --real-width``) with ScaleDP_S, chunk 50, three 320x240 cameras (1188 patches)
-and ``--bf16 True``: fp32 master weights under CPU autocast, as a user's run without DeepSpeed.
+``make_tiny_qwen2_vl.py --real-width``) with ScaleDP_S, chunk 50, three 320x240 cameras (1188 patches),
+fp32 master weights in fp32 compute (``--real_width_precision bf16``: ``--bf16 True`` autocast, as a GPU run,
+but bf16 matmuls are emulated on most CPUs: ~10 minutes a step here).
 
 MFU = model FLOPs / (time x peak) with 6 x params x tokens per part: LLM x text tokens, ViT x patches,
 head + fusion x action steps; attention's quadratic term and the recomputation of gradient
@@ -78,7 +79,7 @@ def run_one(kind: str, batch: int, steps: int, warmup: int) -> dict:
     )
 
     gpu = kind == "gpu_2b"
-    real_width = kind == "cpu_real_width"
+    real_width = kind.startswith("cpu_real_width")
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     height, width = (240, 320) if gpu or real_width else (56, 56)
     episodes = tmp / "episodes"
@@ -117,7 +118,7 @@ def run_one(kind: str, batch: int, steps: int, warmup: int) -> dict:
     if gpu:
         argv += ["--bf16", "True", "--gradient_checkpointing", "True"]
     else:
-        argv += ["--use_cpu", "True"] + (["--bf16", "True"] if real_width else [])
+        argv += ["--use_cpu", "True"] + (["--bf16", "True"] if kind == "cpu_real_width_bf16" else [])
     all_config, model_config = train_vla.parse_config(argv)
     model = None
     if gpu:
@@ -183,7 +184,11 @@ def main() -> None:
     parser.add_argument("--cpu_batches", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--cpu_steps", type=int, default=30)
     parser.add_argument("--real_width_batches", type=int, nargs="*", default=[1], help="empty: skip")
-    parser.add_argument("--real_width_steps", type=int, default=6)
+    parser.add_argument("--real_width_steps", type=int, default=4)
+    parser.add_argument(
+        "--real_width_precision", nargs="*", default=["fp32"], choices=["fp32", "bf16"],
+        help="bf16: --bf16 True autocast as a GPU run (emulated on most CPUs: ~10 min a step here)",
+    )
     parser.add_argument("--gpu_batches", type=int, nargs="*", default=[4, 12], help="empty: skip the GPU run")
     parser.add_argument("--gpu_steps", type=int, default=12)
     parser.add_argument("--one", nargs=3, metavar=("KIND", "BATCH", "STEPS"), help=argparse.SUPPRESS)
@@ -196,7 +201,11 @@ def main() -> None:
     import torch
 
     runs = [("cpu_tiny", b, args.cpu_steps) for b in args.cpu_batches]
-    runs += [("cpu_real_width", b, args.real_width_steps) for b in args.real_width_batches]
+    runs += [
+        (f"cpu_real_width_{precision}", b, args.real_width_steps)
+        for precision in args.real_width_precision
+        for b in args.real_width_batches
+    ]
     if torch.cuda.is_available():
         runs += [("gpu_2b", b, args.gpu_steps) for b in args.gpu_batches]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -217,14 +226,14 @@ def main() -> None:
         rows.append(json.loads(lines[-1][len("RESULT ") :]))
 
     header = (
-        f"{'config':>14} {'batch':>5} {'steps/s':>8} {'samples/s':>9} {'peak GiB':>8} {'TFLOP/s':>8} {'MFU':>6}  device"
+        f"{'config':>19} {'batch':>5} {'s/step':>8} {'steps/s':>8} {'samples/s':>9} {'peak GiB':>8} {'TFLOP/s':>8} {'MFU':>6}  device"
     )
     print(header)
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         print(
-            f"{r['config']:>14} {r['batch']:>5} {r['steps_per_s']:>8.2f} {r['samples_per_s']:>9.2f} "
-            f"{r['peak_mem_GiB']:>8.2f} {r['model_tflops']:>8.3f} {mfu:>6}  {r['device']}"
+            f"{r['config']:>19} {r['batch']:>5} {1 / r['steps_per_s']:>8.3g} {r['steps_per_s']:>8.3g} {r['samples_per_s']:>9.2f} "
+            f"{r['peak_mem_GiB']:>8.2f} {r['model_tflops']:>8.3g} {mfu:>6}  {r['device']}"
         )
     firsts = {r["config"]: r for r in reversed(rows)}
     for r in firsts.values():
@@ -233,7 +242,7 @@ def main() -> None:
             f"params (M) {json.dumps({k: round(v, 1) for k, v in r['params_M'].items()})}"
         )
     print("(CPU peak = process max RSS; GPU peak = torch max allocated. QWen2VLATrainer, AdamW, no DeepSpeed;")
-    print(" cpu_real_width: --bf16 True autocast over fp32 master weights.)")
+    print(" cpu_real_width_fp32: fp32 weights and compute; _bf16: --bf16 True autocast over fp32 master weights.)")
 
 
 if __name__ == "__main__":
