@@ -15,7 +15,6 @@ from data_utils.dataset import EpisodicDataset
 from data_utils.hdf5_io import episode_length, find_all_hdf5, read_frame, read_language
 from data_utils.normalization import NormStats
 from evaluate.action_strategies import ChunkExecution, TemporalAggregation, make_strategy
-from evaluate.control_loop import RateLimiter
 from evaluate.inference_config import EVAL_CONFIG_FILE, load_inference_config, save_eval_config
 from evaluate.policy import DexVLAPolicy, ObservationError, resolve_dtype
 from qwen2_vla.modeling_qwen2_vla import Qwen2VLAActionOutput
@@ -338,21 +337,3 @@ def test_chunk_execution_queries_every_k_steps():
     assert queries == [0, 2, 4] and actions == [0, 10, 20, 30, 40, 50]
     with pytest.raises(ValueError, match="k=5"):
         ChunkExecution(5).add_chunk(0, np.zeros((4, 1)))
-
-
-def test_rate_limiter_holds_the_rate_and_warns_when_late():
-    import time
-
-    warnings: list[str] = []
-    limiter = RateLimiter(20.0, warn=warnings.append)  # 50 ms periods: robust to a loaded CI machine
-    limiter.start()
-    start = time.perf_counter()
-    for _ in range(5):
-        limiter.wait()
-    assert 0.245 <= time.perf_counter() - start < 0.6 and not warnings
-    slow = RateLimiter(1000.0, warn=warnings.append)
-    slow.start()
-    for _ in range(3):
-        time.sleep(0.005)
-        slow.wait()
-    assert slow.overruns == 3 and len(warnings) == 1 and "cannot keep up with --fps 1000" in warnings[0]
