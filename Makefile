@@ -31,6 +31,7 @@ bench: venv
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_policy_head.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_server_load.py
 
 clean:
 	rm -rf artifacts outputs .pytest_cache

@@ -20,15 +20,17 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedConfig
+from transformers.trainer_utils import get_last_checkpoint
 
 import qwen2_vla  # noqa: F401  (registers qwen2_vla with the Auto classes)
 from aloha_scripts.constants import get_task_config
 from data_utils.data_collator import Qwen2VLADataCollatorForSupervisedDataset
 from data_utils.dataset import training_crop_ratio
-from data_utils.normalization import NormStats
+from data_utils.normalization import STATS_FILE_NAME, NormStats
 from data_utils.utils import load_data
 from policy_heads import build_policy_head_config
 from qwen2_vla.arguments import (
@@ -252,6 +254,55 @@ def save_ema_model(trainer: QWen2VLATrainer, output_dir: str) -> None:
                 params[name].copy_(value)
 
 
+def resume_checkpoint_dir(training_args: TrainingArguments) -> str | None:
+    """The ``checkpoint-N`` directory ``--resume_from_checkpoint`` names (``True``: the last one), or None."""
+    value = resume_arg(training_args.resume_from_checkpoint)
+    if value is True:
+        return get_last_checkpoint(training_args.output_dir)  # None: the Trainer raises its own error
+    return str(value) if value else None
+
+
+# Statistics recomputed from unchanged data agree to float32 rounding; different data does not.
+STATS_RTOL, STATS_ATOL = 1e-5, 1e-6
+
+
+def check_resumed_stats(checkpoint_dir: str, stats: NormStats) -> None:
+    """Stop when ``checkpoint_dir``'s ``dataset_stats.json`` differs from ``stats`` (recomputed from today's data).
+
+    A run resumed on other data under the same ``output_dir`` would otherwise go on training with a
+    normalisation its first steps never saw, and save checkpoints whose statistics match neither.
+    """
+    saved_path = os.path.join(checkpoint_dir, STATS_FILE_NAME)
+    if not os.path.isfile(saved_path):
+        raise FileNotFoundError(
+            f"resuming from {checkpoint_dir}: it has no {STATS_FILE_NAME}, so the data it was trained on cannot be "
+            "checked against the current data"
+        )
+    saved = NormStats.load(saved_path)
+    differences = []
+    if saved.action_dim != stats.action_dim or saved.state_dim != stats.state_dim:
+        differences.append(
+            f"action/state dims {saved.action_dim}/{saved.state_dim} in the checkpoint, {stats.action_dim}/"
+            f"{stats.state_dim} now"
+        )
+    else:
+        for name in ("action_mean", "action_std", "action_min", "action_max", "qpos_mean", "qpos_std"):
+            old, new = getattr(saved, name), getattr(stats, name)
+            if not np.allclose(old, new, rtol=STATS_RTOL, atol=STATS_ATOL):
+                index = int(np.argmax(np.abs(old - new)))
+                differences.append(f"{name}[{index}] {old[index]:.6g} in the checkpoint, {new[index]:.6g} now")
+    for name in ("num_episodes", "num_steps", "chunk_size", "delta_control"):
+        if getattr(saved, name) != getattr(stats, name):
+            differences.append(f"{name} {getattr(saved, name)} in the checkpoint, {getattr(stats, name)} now")
+    if differences:
+        raise ValueError(
+            f"resuming from {checkpoint_dir}, but the dataset statistics recomputed from the current data differ "
+            f"from its {STATS_FILE_NAME}: {'; '.join(differences)}. The data of task --task_name changed since that "
+            "run started: restore it, or start a new run (a new --output_dir; stage 3 continues from a checkpoint "
+            "with --load_pretrain True)."
+        )
+
+
 def prepare(
     all_config: dict[str, Any], model_config: Qwen2VLAConfig, model: torch.nn.Module | None = None
 ) -> dict[str, Any]:
@@ -306,6 +357,9 @@ def prepare(
         state_dim=head_args.state_dim,
         action_dim=head_args.action_dim,
     )
+    resumed = resume_checkpoint_dir(training_args)
+    if resumed is not None:
+        check_resumed_stats(resumed, stats)  # before the run's own dataset_stats.json is overwritten
     if training_args.should_save:
         rank0_print(f"prepare: dataset statistics -> {stats.save(training_args.output_dir)}")
     return {

@@ -5,7 +5,7 @@ Layout (one file per episode)::
     /action                        (T, action_dim)  float
     /observations/qpos             (T, state_dim)   float
     /observations/qvel             (T, state_dim)   float
-    /observations/images/<camera>  (T, H, W, 3)     uint8    (or (T, L) JPEG bytes when compressed)
+    /observations/images/<camera>  (T, H, W, 3)     uint8    (or (T, L) JPEG/PNG bytes when compressed)
     /compress_len                  (num_cams, T)            (compressed episodes only)
     /language_raw                  (1,)             bytes
     /substep_reasonings            (T,)             bytes    (optional: one sub-step reasoning per step)
@@ -36,6 +36,8 @@ REASONING_KEY = "/substep_reasonings"
 # The reference falls back to this episode-level key (read at index 0) when there are no sub-steps.
 EPISODE_REASONING_KEY = "/reasoning"
 COMPRESS_LEN_KEY = "/compress_len"
+# The only formats a compressed frame may be, by their magic numbers.
+FRAME_MAGIC: dict[str, bytes] = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n"}
 
 
 def find_all_hdf5(
@@ -90,20 +92,61 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def decode_jpeg(data: np.ndarray | bytes) -> np.ndarray:
-    """Inverse of :func:`encode_jpeg`: ``(H, W, 3)`` uint8 in the channel order that was recorded."""
-    with Image.open(io.BytesIO(bytes(data))) as img:
-        return np.asarray(img.convert("RGB"))[..., ::-1].copy()
+class FrameDecodeError(ValueError):
+    """A compressed frame that is not a decodable JPEG or PNG image; the message names where it came from."""
+
+
+def frame_format(data: bytes) -> str | None:
+    """``"JPEG"`` or ``"PNG"`` by the buffer's first bytes (its magic number), else ``None``."""
+    for name, magic in FRAME_MAGIC.items():
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def decode_jpeg(data: np.ndarray | bytes, source: str = "compressed frame") -> np.ndarray:
+    """Inverse of :func:`encode_jpeg`: ``(H, W, 3)`` uint8 in the channel order that was recorded.
+
+    ``data`` is a JPEG or PNG buffer (ACT's recorders write either with ``cv2.imencode``), possibly
+    zero-padded. Episodes are downloaded files: only those two formats, told by their magic number,
+    ever reach a decoder (Pillow would otherwise try every format it has a plugin for), and a frame
+    over Pillow's pixel limit is refused before it is decoded. Anything else raises
+    :class:`FrameDecodeError` naming ``source``.
+    """
+    buffer = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    fmt = frame_format(buffer)
+    if fmt is None:
+        raise FrameDecodeError(
+            f"{source}: not a JPEG (FF D8 FF) or PNG (89 50 4E 47) image; its first bytes are "
+            f"{buffer[:8].hex(' ').upper() or 'none (empty buffer)'}"
+        )
+    try:
+        with Image.open(io.BytesIO(buffer), formats=(fmt,)) as img:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and img.width * img.height > limit:
+                raise FrameDecodeError(
+                    f"{source}: {fmt} frame of {img.width}x{img.height} pixels is over the limit of {limit} "
+                    "(PIL.Image.MAX_IMAGE_PIXELS)"
+                )
+            return np.asarray(img.convert("RGB"))[..., ::-1].copy()
+    except FrameDecodeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types on bad data; all mean "does not decode"
+        raise FrameDecodeError(f"{source}: {fmt} frame does not decode ({type(err).__name__}: {err})") from err
 
 
 def read_frame(root: h5py.File, camera: str, t: int) -> np.ndarray:
     """The ``(H, W, 3)`` uint8 image of ``camera`` at step ``t`` (decoding compressed episodes).
 
-    Compressed frames are zero-padded JPEG buffers; like ACT's loader we decode the padded buffer
-    (the decoder stops at the end-of-image marker), so ``compress_len`` is not needed.
+    Compressed frames are zero-padded JPEG (or PNG) buffers; like ACT's loader we decode the padded
+    buffer (the decoder stops at the end-of-image marker), so ``compress_len`` is not needed. A bad
+    compressed frame raises :class:`FrameDecodeError` naming the file, camera and frame index.
     """
-    raw = root[f"{IMAGES_GROUP}/{camera}"][t]
-    return decode_jpeg(raw) if is_compressed(root) else raw
+    key = f"{IMAGES_GROUP}/{camera}"
+    raw = root[key][t]
+    if not is_compressed(root):
+        return raw
+    return decode_jpeg(raw, source=f"{root.filename}: key '{key}' (camera '{camera}'), frame {t}")
 
 
 def read_language(root: h5py.File) -> str:

@@ -57,6 +57,34 @@ class NormStats:
             raise ValueError(
                 f"NormStats qpos_mean and qpos_std must have one length, found {len(self.qpos_mean)}, {len(self.qpos_std)}"
             )
+        problems = self._invalid_values()
+        if problems:
+            raise ValueError(
+                "NormStats would not normalise to finite numbers (computed statistics floor the std at "
+                f"{STD_FLOOR} and keep max > min; recompute them from the data): " + "; ".join(problems)
+            )
+
+    def _invalid_values(self) -> list[str]:
+        """One line per key whose (float32) values break the transforms, naming the offending indices."""
+        problems: list[str] = []
+        for name in _ARRAY_FIELDS:
+            values = getattr(self, name)
+            where = np.flatnonzero(~np.isfinite(values))
+            if where.size:
+                problems.append(f"key '{name}': non-finite (in float32) at indices {_indices(where)}: {values[where]}")
+        for name in ("action_std", "qpos_std"):
+            values = getattr(self, name)
+            where = np.flatnonzero(values <= 0)  # NaN compares False: reported above
+            if where.size:
+                problems.append(f"key '{name}': std must be > 0, at indices {_indices(where)}: {values[where]}")
+        lo, hi = self.action_min, self.action_max
+        where = np.flatnonzero(np.isfinite(lo) & np.isfinite(hi) & (lo >= hi))
+        if where.size:
+            problems.append(
+                f"keys 'action_min'/'action_max': min must be < max, at indices {_indices(where)}: "
+                f"min {lo[where]} >= max {hi[where]}"
+            )
+        return problems
 
     @property
     def action_dim(self) -> int:
@@ -84,22 +112,39 @@ class NormStats:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> NormStats:
+        """Statistics from ``to_dict``'s output; every problem raises an error naming ``source`` and the key.
+
+        Values that would make normalisation divide by zero or give non-finite numbers (NaN/inf, std <= 0,
+        min >= max: a corrupted or hand-edited file) are refused.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object of statistics, found {type(data).__name__}")
         missing = [k for k in _ARRAY_FIELDS if k not in data]
         if missing:
             raise KeyError(f"{source}: missing key(s) {missing}; a dataset_stats.json needs {list(_ARRAY_FIELDS)}")
         version = int(data.get("format_version", STATS_FORMAT_VERSION))
         if version > STATS_FORMAT_VERSION:
             raise ValueError(f"{source}: format_version {version} is newer than this code ({STATS_FORMAT_VERSION})")
-        stats = cls(
-            **{k: np.asarray(data[k], dtype=np.float32) for k in _ARRAY_FIELDS},
-            camera_names=list(data.get("camera_names", [])),
-            chunk_size=data.get("chunk_size"),
-            delta_control=bool(data.get("delta_control", False)),
-            dataset_dirs=list(data.get("dataset_dirs", [])),
-            num_episodes=int(data.get("num_episodes", 0)),
-            num_steps=int(data.get("num_steps", 0)),
-            format_version=version,
-        )
+        arrays = {}
+        for key in _ARRAY_FIELDS:
+            try:
+                with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below naming the key
+                    arrays[key] = np.asarray(data[key], dtype=np.float32)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{source}: key '{key}' must be a list of numbers ({err})") from err
+        try:
+            stats = cls(
+                **arrays,
+                camera_names=list(data.get("camera_names", [])),
+                chunk_size=data.get("chunk_size"),
+                delta_control=bool(data.get("delta_control", False)),
+                dataset_dirs=list(data.get("dataset_dirs", [])),
+                num_episodes=int(data.get("num_episodes", 0)),
+                num_steps=int(data.get("num_steps", 0)),
+                format_version=version,
+            )
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from err
         for dim_key, actual in (("state_dim", stats.state_dim), ("action_dim", stats.action_dim)):
             if dim_key in data and int(data[dim_key]) != actual:
                 raise ValueError(f"{source}: {dim_key} says {data[dim_key]} but the arrays have length {actual}")
@@ -124,7 +169,11 @@ class NormStats:
             path = path / STATS_FILE_NAME
         if not path.exists():
             raise FileNotFoundError(f"{path}: no dataset statistics file (expected {STATS_FILE_NAME})")
-        return cls.from_dict(json.loads(path.read_text()), source=str(path))
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a JSON statistics file ({err})") from err
+        return cls.from_dict(data, source=str(path))
 
     # ---- the transforms -----------------------------------------------------------------------
     def normalize_state(self, qpos: ArrayLike) -> ArrayLike:
@@ -145,6 +194,26 @@ class NormStats:
         """Exact inverse of :meth:`normalize_action`."""
         lo, hi = _like(self.action_min, action), _like(self.action_max, action)
         return (action + 1) / 2 * (hi - lo) + lo
+
+
+def _indices(where: np.ndarray, limit: int = 20) -> str:
+    shown = where[:limit].tolist()
+    return str(shown) if where.size <= limit else f"{shown} and {where.size - limit} more"
+
+
+def minmax_bounds(lo: np.ndarray, hi: np.ndarray, margin: float = MINMAX_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(lo - margin, hi + margin)`` of per-dimension minima/maxima ``(D,)``, always with max > min.
+
+    The reference's margin is lost to float32 rounding on a constant dimension of large magnitude (above
+    2048, float32's spacing exceeds 2 * margin), which would leave min == max and min-max scaling dividing
+    by zero; there the bounds move apart to the neighbouring float32 values instead.
+    """
+    lo32 = np.asarray(np.asarray(lo, dtype=np.float64) - margin, dtype=np.float32)
+    hi32 = np.asarray(np.asarray(hi, dtype=np.float64) + margin, dtype=np.float32)
+    collapsed = hi32 <= lo32
+    lo32[collapsed] = np.nextafter(lo32[collapsed], np.float32(-np.inf))
+    hi32[collapsed] = np.nextafter(hi32[collapsed], np.float32(np.inf))
+    return lo32, hi32
 
 
 def _like(array: np.ndarray, reference: ArrayLike) -> ArrayLike:

@@ -16,7 +16,7 @@ from data_utils.check_data_integrity import (
 )
 from data_utils.dataset import EpisodicDataset, SampleProcessor, chunk_start, training_crop_ratio
 from data_utils.hdf5_io import ACTION_KEY, QPOS_KEY, find_all_hdf5
-from data_utils.normalization import MINMAX_MARGIN, STD_FLOOR, NormStats, RunningStats
+from data_utils.normalization import STD_FLOOR, NormStats, RunningStats, minmax_bounds
 
 __all__ = ["episode_delta_counts", "find_all_hdf5", "get_norm_stats", "load_data", "flatten_list"]
 
@@ -82,11 +82,12 @@ def get_norm_stats(
         lengths.append(len(action))
     if not lengths:
         raise ValueError("get_norm_stats: no episodes given")
+    action_min, action_max = minmax_bounds(action_stats.min, action_stats.max)
     stats = NormStats(
         action_mean=action_stats.mean,
         action_std=np.clip(action_stats.std, STD_FLOOR, np.inf),
-        action_min=action_stats.min - MINMAX_MARGIN,
-        action_max=action_stats.max + MINMAX_MARGIN,
+        action_min=action_min,
+        action_max=action_max,
         qpos_mean=qpos_stats.mean,
         qpos_std=np.clip(qpos_stats.std, STD_FLOOR, np.inf),
         camera_names=list(camera_names),
@@ -158,8 +159,15 @@ def load_data(
         else flatten_list([find_all_hdf5(d, skip_mirrored_data, name_filter) for d in stats_dir_l])
     )
 
+    # Before the first step: shapes, finite values, one decoded frame per compressed camera; without an
+    # image size to resize to, a sample stacks its cameras' frames, so they must share one resolution.
     problems = check_episodes(
-        sorted(set(dataset_path_list) | set(stats_path_list)), camera_names, state_dim, action_dim, check_images=False
+        sorted(set(dataset_path_list) | set(stats_path_list)),
+        camera_names,
+        state_dim,
+        action_dim,
+        check_images=False,
+        one_resolution=image_size is None,
     )
     if problems:
         raise DataIntegrityError(problems)

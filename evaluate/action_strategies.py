@@ -9,6 +9,8 @@
   large one trusts older chunks).
 
 Both share one protocol: ``reset()``, ``needs_query(t)``, ``add_chunk(t, chunk)``, ``action(t)``.
+``add_chunk`` refuses a chunk holding NaN or infinity (:class:`~evaluate.robots.base.NonFiniteActionError`):
+in temporal aggregation one such chunk would poison every step it covers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections import deque
 from typing import Protocol
 
 import numpy as np
+
+from evaluate.robots.base import check_finite_action
 
 STRATEGIES = ("chunk", "temporal_agg")
 
@@ -56,6 +60,7 @@ class ChunkExecution:
 
     def add_chunk(self, t: int, chunk: np.ndarray) -> None:
         """``chunk (T, action_dim)`` predicted at step ``t``; its first ``k`` actions are queued."""
+        check_finite_action(chunk, f"action chunk predicted at step {t}")
         k = len(chunk) if self.k is None else self.k
         if k > len(chunk):
             raise ValueError(f"k={k} actions per query but the policy predicts chunks of {len(chunk)}")
@@ -98,6 +103,7 @@ class TemporalAggregation:
                 f"query_every={self.query_every} steps between queries but the policy predicts chunks of "
                 f"{len(chunk)}: some steps would have no prediction"
             )
+        check_finite_action(chunk, f"action chunk predicted at step {t}")
         if self._chunks and t <= self._chunks[-1][0]:
             raise ValueError(f"chunks must arrive in time order; got step {t} after step {self._chunks[-1][0]}")
         self._chunks.append((t, np.asarray(chunk, dtype=np.float64)))

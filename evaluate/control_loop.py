@@ -2,6 +2,12 @@
 
 ``run_episode`` works with anything that has ``infer(obs) -> {"actions": (T, A), ...}``: a local
 ``DexVLAPolicy`` or openpi's ``WebsocketClientPolicy`` talking to ``serve_policy.py``.
+
+Safety: a chunk from the policy and each action about to be executed must be finite. A non-finite one
+is refused (a NaN chunk never enters the strategy, where temporal aggregation would spread it over
+``chunk_size`` steps): the robot is told to ``hold()`` its last command and the episode ends, recorded
+as ``EpisodeLog.stopped == "non_finite_action"`` at step ``stopped_at``. Any exception in the loop
+(inference, the robot, Ctrl-C) also sends ``hold()`` before it propagates.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from evaluate.action_strategies import ActionStrategy
-from evaluate.robots.base import Observation, Robot, StepInfo
+from evaluate.robots.base import NonFiniteActionError, Observation, Robot, StepInfo, check_finite_action
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +86,8 @@ class EpisodeLog:
 
     ``actions (N, A)`` commanded; ``queries`` ``[(t, (T, A) chunk)]``; ``reasoning`` ``[(t, text)]``;
     ``infer_ms`` per query; ``step_ms`` per step (compute only, without the rate limiter's sleep).
+    ``stopped``: why the loop ended the episode early (``"non_finite_action"``), else ``None``; ``stopped_at``:
+    the step whose action was refused (the steps before it were executed); ``stop_detail``: the refusal.
     """
 
     actions: list[np.ndarray] = field(default_factory=list)
@@ -89,6 +97,9 @@ class EpisodeLog:
     step_ms: list[float] = field(default_factory=list)
     infos: list[StepInfo] = field(default_factory=list)
     late_steps: int = 0
+    stopped: str | None = None
+    stopped_at: int | None = None
+    stop_detail: str | None = None
 
     @property
     def steps(self) -> int:
@@ -105,6 +116,10 @@ class EpisodeLog:
             "late_steps": self.late_steps,
         }
 
+    def outcome(self) -> dict[str, Any]:
+        """``{"stopped", "stopped_at_step", "stop_detail"}`` (all ``None`` for an episode that ran its course)."""
+        return {"stopped": self.stopped, "stopped_at_step": self.stopped_at, "stop_detail": self.stop_detail}
+
 
 def run_episode(
     policy: Policy,
@@ -114,39 +129,77 @@ def run_episode(
     rate: RateLimiter | None = None,
     first_obs: Observation | None = None,
     on_step: Callable[[int, StepInfo], None] | None = None,
+    log: EpisodeLog | None = None,
 ) -> EpisodeLog:
-    """Run one episode of at most ``max_steps`` steps (``first_obs``: an observation ``robot.reset()`` already gave)."""
+    """Run one episode of at most ``max_steps`` steps (``first_obs``: an observation ``robot.reset()`` already gave).
+
+    A non-finite chunk or action ends the episode (see the module docstring); an exception is re-raised
+    after ``robot.hold()``, with a note naming the step. Pass ``log`` to keep what the episode did when it raises.
+    """
     rate = rate or RateLimiter(None)
-    log = EpisodeLog()
+    log = EpisodeLog() if log is None else log
     strategy.reset()
     obs = robot.reset() if first_obs is None else first_obs
     late_before = rate.overruns
     rate.start()
-    for t in range(max_steps):
-        start = time.perf_counter()
-        if strategy.needs_query(t):
-            query_start = time.perf_counter()
-            result = policy.infer(obs)
-            log.infer_ms.append(1000.0 * (time.perf_counter() - query_start))
-            chunk = np.asarray(result["actions"], dtype=np.float32)
-            strategy.add_chunk(t, chunk)
-            log.queries.append((t, chunk))
-            if result.get("reasoning"):
-                log.reasoning.append((t, str(result["reasoning"])))
-        action = strategy.action(t)
-        info = robot.step(action)
-        log.actions.append(action)
-        log.infos.append(info)
-        if on_step is not None:
-            on_step(t, info)
-        if info.done:
+    t = 0
+    try:
+        for t in range(max_steps):
+            start = time.perf_counter()
+            if strategy.needs_query(t):
+                query_start = time.perf_counter()
+                result = policy.infer(obs)
+                log.infer_ms.append(1000.0 * (time.perf_counter() - query_start))
+                chunk = np.asarray(result["actions"], dtype=np.float32)  # a float64 beyond float32's range: inf
+                if not _accept(chunk, f"action chunk from the policy at step {t}", robot, log, t):
+                    break
+                strategy.add_chunk(t, chunk)
+                log.queries.append((t, chunk))
+                if result.get("reasoning"):
+                    log.reasoning.append((t, str(result["reasoning"])))
+            action = strategy.action(t)
+            if not _accept(action, f"action for step {t}", robot, log, t):
+                break
+            info = robot.step(action)
+            log.actions.append(action)
+            log.infos.append(info)
+            if on_step is not None:
+                on_step(t, info)
+            if info.done:
+                log.step_ms.append(1000.0 * (time.perf_counter() - start))
+                break
             log.step_ms.append(1000.0 * (time.perf_counter() - start))
-            break
-        log.step_ms.append(1000.0 * (time.perf_counter() - start))
-        rate.wait()
-        obs = robot.get_obs()  # after the wait: the policy acts on the freshest observation
-    log.late_steps = rate.overruns - late_before
+            rate.wait()
+            obs = robot.get_obs()  # after the wait: the policy acts on the freshest observation
+    except BaseException as err:  # Ctrl-C too: the arms must not be left tracking a half-executed chunk
+        _hold_after_failure(robot, err, t)
+        raise
+    finally:
+        log.late_steps = rate.overruns - late_before
     return log
+
+
+def _accept(action: np.ndarray, what: str, robot: Robot, log: EpisodeLog, t: int) -> bool:
+    """``True`` for a finite ``action``; else hold the robot, record why in ``log`` and return ``False``."""
+    try:
+        check_finite_action(action, what)
+    except NonFiniteActionError as err:
+        logger.error("%s; holding the robot at its last command and ending the episode", err)
+        log.stopped, log.stopped_at, log.stop_detail = "non_finite_action", t, str(err)
+        robot.hold()
+        return False
+    return True
+
+
+def _hold_after_failure(robot: Robot, err: BaseException, t: int) -> None:
+    """``robot.hold()`` after ``err`` cut the episode short at step ``t``; a failing hold is noted, never raised."""
+    try:
+        robot.hold()
+    except Exception as hold_err:  # the original error is the one to report
+        logger.error("robot.hold() after %s failed: %r", type(err).__name__, hold_err)
+        err.add_note(f"control loop: step {t}: robot.hold() failed too: {hold_err!r}")
+        return
+    err.add_note(f"control loop: the episode failed at step {t}; the robot was told to hold its last command")
 
 
 __all__ = ["EpisodeLog", "Policy", "RateLimiter", "run_episode"]

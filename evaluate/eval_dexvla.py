@@ -10,7 +10,10 @@ Actions are executed by ``--strategy chunk`` (query every ``--exec_horizon`` ste
 ``--temporal_k``); the loop is held at ``--fps``
 (default: 50 on the real robot, unpaced in simulation and replay) and warns when inference cannot keep
 up. ``--warmup`` inferences run before the first episode. Results go to ``--out`` as JSON (plus a PNG per
-replayed episode and optional mp4s of simulated ones); a summary table ends the run.
+replayed episode and optional mp4s of simulated ones), rewritten after every episode; a summary table
+ends the run. An episode whose policy produced a non-finite action is stopped (the robot holds its last
+command) and marked ``stopped`` in the JSON and the table; an exception mid-episode holds the robot,
+records ``failed`` (episode, step, error) next to the finished episodes, closes the robot and propagates.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np  # noqa: E402
 
 from evaluate.action_strategies import STRATEGIES, make_strategy  # noqa: E402
-from evaluate.control_loop import RateLimiter, run_episode  # noqa: E402
+from evaluate.control_loop import EpisodeLog, RateLimiter, run_episode  # noqa: E402
 from evaluate.robots import ROBOTS, Robot  # noqa: E402
 
 logger = logging.getLogger("evaluate")
@@ -59,6 +64,20 @@ def find_episodes(paths: Sequence[str]) -> list[Path]:
     if missing:
         raise SystemExit(f"--episodes: no such file(s): {missing}")
     return found
+
+
+def positive_radians(text: str) -> float:
+    """argparse type of ``--max_joint_step``: a finite number > 0 (a negative one would invert the clamp)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of radians, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of radians, got {text!r} (a negative step inverts the clamp's bounds and "
+            "drives every joint whatever the policy says; 0 would freeze the arms)"
+        )
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--camera_topics", nargs="*", default=None, metavar="CAM=TOPIC")
     real.add_argument("--state_topics", nargs=2, default=None, metavar=("LEFT", "RIGHT"))
     real.add_argument("--command_topics", nargs=2, default=None, metavar=("LEFT", "RIGHT"))
-    real.add_argument("--max_joint_step", type=float, default=0.1, help="clamp per-step joint change (rad)")
+    real.add_argument(
+        "--max_joint_step", type=positive_radians, default=0.1, help="clamp per-step joint change (rad, > 0)"
+    )
     return parser
 
 
@@ -160,21 +181,40 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the evaluation described by ``args`` (see :func:`build_parser`); returns the summary written to JSON."""
-    from tqdm import tqdm
+RESULT_FILES = {"replay": "replay_metrics.json", "aloha_sim": "sim_results.json", "agilex": "agilex_results.json"}
 
-    from evaluate.policy import DexVLAPolicy
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and ``os.replace``: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def evaluate(args: argparse.Namespace, policy: Any | None = None) -> dict[str, Any]:
+    """Run the evaluation described by ``args`` (see :func:`build_parser`); returns the summary written to JSON.
+
+    ``policy``: a loaded policy to evaluate instead of ``DexVLAPolicy(args.ckpt)`` (it needs ``infer``,
+    ``warmup``, ``camera_names``, ``chunk_size``, ``metadata`` and, for replay, ``stats``).
+    The JSON is rewritten after every episode (``complete`` false until the last one). When an episode
+    raises, the robot has been told to hold (see :func:`~evaluate.control_loop.run_episode`); the JSON then
+    gets ``failed: {"episode", "step", "error"}`` next to the finished episodes, the robot is closed and the
+    exception propagates.
+    """
+    from tqdm import tqdm
 
     ckpt = Path(args.ckpt)
     out_dir = Path(args.out) if args.out else Path("outputs/eval") / ckpt.name / args.robot
     out_dir.mkdir(parents=True, exist_ok=True)
-    policy = DexVLAPolicy(
-        ckpt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
-        seed=None if args.seed < 0 else args.seed,
-        num_inference_timesteps=args.num_inference_timesteps, image_size_stable=args.image_size_stable,
-        image_size_wrist=args.image_size_wrist, default_prompt=args.prompt, image_crop_ratio=args.image_crop_ratio,
-    )
+    if policy is None:
+        from evaluate.policy import DexVLAPolicy
+
+        policy = DexVLAPolicy(
+            ckpt, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+            seed=None if args.seed < 0 else args.seed,
+            num_inference_timesteps=args.num_inference_timesteps, image_size_stable=args.image_size_stable,
+            image_size_wrist=args.image_size_wrist, default_prompt=args.prompt, image_crop_ratio=args.image_crop_ratio,
+        )
     robot = make_robot(args, policy.camera_names, out_dir)
     fps = args.fps if args.fps is not None else robot.default_fps
     rate = RateLimiter(fps, warn=logger.warning)
@@ -182,43 +222,59 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         num_episodes = robot.num_episodes
     else:
         num_episodes = args.num_episodes or (10 if args.robot == "aloha_sim" else 1)
+    path = out_dir / RESULT_FILES[args.robot]
 
     episodes: list[dict[str, Any]] = []
     warmup_ms: list[float] = []
     try:
+        # A results file of an earlier run in this directory must not pass for this one's.
+        write_json_atomic(path, _summarise(args, policy, episodes, warmup_ms, fps, out_dir, complete=False))
         for index in range(num_episodes):
-            obs = robot.reset()
-            if index == 0 and args.warmup > 0:
-                warmup_ms = policy.warmup(obs, args.warmup)
-                obs = robot.get_obs()  # warm-up took time: act on a fresh observation
-            max_steps = args.max_steps or getattr(robot, "length", None) or getattr(robot, "max_steps", None)
-            if max_steps is None:
-                raise SystemExit(f"--robot {args.robot} needs --max_steps")
-            # Open-loop replay scores the policy on every recorded frame unless told otherwise.
-            exec_horizon = args.exec_horizon if args.exec_horizon or args.robot != "replay" else 1
-            if exec_horizon is not None and not 0 < exec_horizon <= policy.chunk_size:
-                raise SystemExit(f"--exec_horizon {exec_horizon} must be in [1, chunk size {policy.chunk_size}]")
-            strategy = make_strategy(args.strategy, exec_horizon, args.temporal_k)
-            with tqdm(total=max_steps, desc=f"{args.robot} episode {index}", unit="step", leave=False) as bar:
+            log = EpisodeLog()
+            try:
+                obs = robot.reset()
+                if index == 0 and args.warmup > 0:
+                    warmup_ms = policy.warmup(obs, args.warmup)
+                    obs = robot.get_obs()  # warm-up took time: act on a fresh observation
+                max_steps = args.max_steps or getattr(robot, "length", None) or getattr(robot, "max_steps", None)
+                if max_steps is None:
+                    raise SystemExit(f"--robot {args.robot} needs --max_steps")
+                # Open-loop replay scores the policy on every recorded frame unless told otherwise.
+                exec_horizon = args.exec_horizon if args.exec_horizon or args.robot != "replay" else 1
+                if exec_horizon is not None and not 0 < exec_horizon <= policy.chunk_size:
+                    raise SystemExit(f"--exec_horizon {exec_horizon} must be in [1, chunk size {policy.chunk_size}]")
+                strategy = make_strategy(args.strategy, exec_horizon, args.temporal_k)
+                with tqdm(total=max_steps, desc=f"{args.robot} episode {index}", unit="step", leave=False) as bar:
 
-                def on_step(t: int, info, bar=bar) -> None:
-                    bar.update(1)
-                    if info.reward is not None:
-                        bar.set_postfix(reward=info.reward, success=info.success, refresh=False)
+                    def on_step(t: int, info, bar=bar) -> None:
+                        bar.update(1)
+                        if info.reward is not None:
+                            bar.set_postfix(reward=info.reward, success=info.success, refresh=False)
 
-                log = run_episode(policy, robot, strategy, max_steps, rate, first_obs=obs, on_step=on_step)
-            record = {"index": index, **robot.episode_summary(), **log.timing()}
-            record["reasoning"] = [{"t": t, "text": text} for t, text in log.reasoning[:50]]
-            if args.robot == "replay":
-                record.update(_replay_results(robot, log, policy.stats, out_dir, index))
+                    run_episode(policy, robot, strategy, max_steps, rate, first_obs=obs, on_step=on_step, log=log)
+                record = {"index": index, "steps": log.steps, **robot.episode_summary(), **log.timing(), **log.outcome()}
+                record["reasoning"] = [{"t": t, "text": text} for t, text in log.reasoning[:50]]
+                if args.robot == "replay":
+                    record.update(_replay_results(robot, log, policy.stats, out_dir, index))
+            except BaseException as err:
+                failed = {"episode": index, "step": log.steps, "error": f"{type(err).__name__}: {err}"}
+                summary = _summarise(args, policy, episodes, warmup_ms, fps, out_dir, complete=False, failed=failed)
+                write_json_atomic(path, summary)
+                logger.error(
+                    "episode %d failed at step %d (%s); the %d finished episodes are in %s",
+                    index, log.steps, failed["error"], len(episodes), path,
+                )
+                raise
             episodes.append(record)
+            if log.stopped:
+                logger.warning("episode %d stopped at step %d: %s", index, log.stopped_at, log.stop_detail)
+            complete = len(episodes) == num_episodes
+            write_json_atomic(path, _summarise(args, policy, episodes, warmup_ms, fps, out_dir, complete=complete))
     finally:
         robot.close()
 
-    summary = _summarise(args, policy, episodes, warmup_ms, fps, out_dir)
-    name = {"replay": "replay_metrics.json", "aloha_sim": "sim_results.json"}.get(args.robot, "agilex_results.json")
-    (out_dir / name).write_text(json.dumps(summary, indent=2))
-    _print_summary(args.robot, episodes, summary, out_dir / name)
+    summary = _summarise(args, policy, episodes, warmup_ms, fps, out_dir, complete=True)
+    _print_summary(args.robot, episodes, summary, path)
     return summary
 
 
@@ -239,8 +295,12 @@ def _replay_results(robot, log, stats, out_dir: Path, index: int) -> dict[str, A
     }
 
 
-def _summarise(args, policy, episodes, warmup_ms, fps, out_dir: Path) -> dict[str, Any]:
+def _summarise(
+    args, policy, episodes, warmup_ms, fps, out_dir: Path, complete: bool, failed: dict[str, Any] | None = None
+) -> dict[str, Any]:
     summary: dict[str, Any] = {
+        "complete": complete,
+        "failed": failed,
         "checkpoint": str(args.ckpt),
         "robot": args.robot,
         "strategy": args.strategy,
@@ -253,6 +313,7 @@ def _summarise(args, policy, episodes, warmup_ms, fps, out_dir: Path) -> dict[st
         "infer_ms_mean": _mean([e["infer_ms_mean"] for e in episodes]),
         "step_ms_mean": _mean([e["step_ms_mean"] for e in episodes]),
         "late_steps": int(sum(e["late_steps"] for e in episodes)),
+        "stopped_episodes": [e["index"] for e in episodes if e["stopped"]],
         "episodes": episodes,
         "out_dir": str(out_dir),
     }
@@ -264,6 +325,11 @@ def _summarise(args, policy, episodes, warmup_ms, fps, out_dir: Path) -> dict[st
         summary["success_rate"] = _mean([float(e["success"]) for e in episodes])
         summary["mean_return"] = _mean([e["return"] for e in episodes])
     return summary
+
+
+def _stopped(episode: dict[str, Any]) -> str | None:
+    """The table's ``stopped`` cell: why and at which step the loop ended the episode (``None``: it did not)."""
+    return f"{episode['stopped']} at {episode['stopped_at_step']}" if episode.get("stopped") else None
 
 
 def _print_summary(robot: str, episodes: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
@@ -290,7 +356,12 @@ def _print_summary(robot: str, episodes: list[dict[str, Any]], summary: dict[str
         columns = ["episode", "steps", "queries", "infer_ms", "step_ms", "late_steps"]
         rows = [{"episode": e["index"], "steps": e.get("steps"), "queries": e["queries"], "infer_ms": e["infer_ms_mean"],
                  "step_ms": e["step_ms_mean"], "late_steps": e["late_steps"]} for e in episodes]
+    columns.append("stopped")
+    for row, episode in zip(rows, episodes, strict=False):  # the replay and sim tables end with a "mean" row
+        row["stopped"] = _stopped(episode)
     print(format_table(rows, columns))
+    if summary["stopped_episodes"]:
+        print(f"warning: episodes {summary['stopped_episodes']} stopped early: the policy produced non-finite actions")
     if robot == "aloha_sim":
         print(f"success rate: {summary['success_rate']:.0%} over {summary['num_episodes']} episodes")
     if summary["late_steps"]:

@@ -3,10 +3,15 @@
 An array travels as the map ``{b"__ndarray__": True, b"data": <raw bytes>, b"dtype": <dtype.str>,
 b"shape": [...]}`` and a numpy scalar as ``{b"__npgeneric__": True, b"data": <item>, b"dtype": ...}``.
 Object, void and complex dtypes are refused both ways (no pickle, nothing that could run code).
+
+A server unpacks what strangers send: :class:`DecodeLimits` caps every container, string and blob, and the
+number of arrays and maps in one message. msgpack's own caps grow with the message: an 8 MiB frame of empty
+arrays would unpack into eight million lists (~0.5 GB and seconds of decoding with the GIL held).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -59,14 +64,73 @@ def _decode(obj: dict) -> Any:
     return obj
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Caps on one received message, sized for an observation (a few cameras, a state, a prompt).
+
+    Args:
+        max_bin_len: longest binary blob (an image's pixels); a server sets it to its frame limit.
+        max_str_len: longest string, in bytes (keys, dtype names, the prompt).
+        max_array_len: longest array (shapes, a state sent as a list).
+        max_map_len: most keys in one map (the observation, its cameras, an array's fields).
+        max_containers: most arrays and maps in the whole message (bounds the objects a small frame unpacks into).
+    Extension types are refused (the format uses none).
+    """
+
+    max_bin_len: int = 64 << 20
+    max_str_len: int = 64 << 10
+    max_array_len: int = 1024
+    max_map_len: int = 256
+    max_containers: int = 1024
+
+
+class _ContainerBudget:
+    """Counts the arrays and maps msgpack builds; raises once there are more than ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.limit = limit
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ValueError(f"more than {self.limit} arrays and maps in one message")
+
+    def list_hook(self, obj: list) -> list:
+        self.spend()
+        return obj
+
+    def object_hook(self, obj: dict) -> Any:
+        self.spend()
+        return _decode(obj)
+
+
 def packb(obj: Any) -> bytes:
     """Serialise ``obj`` (dicts, lists, str, numbers, numpy arrays and scalars)."""
     return msgpack.packb(obj, default=_encode, use_bin_type=True)
 
 
-def unpackb(data: bytes) -> Any:
-    """Inverse of :func:`packb`; arrays come back read-only views of the message."""
-    return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=False)
+def unpackb(data: bytes, limits: DecodeLimits | None = None) -> Any:
+    """Inverse of :func:`packb`; arrays come back read-only views of the message.
+
+    ``limits``: caps for data from an untrusted sender (a message over one raises ``ValueError``); ``None``
+    keeps msgpack's defaults (a client reading its own server's replies).
+    """
+    if limits is None:
+        return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=False)
+    budget = _ContainerBudget(limits.max_containers)
+    return msgpack.unpackb(
+        data,
+        object_hook=budget.object_hook,
+        list_hook=budget.list_hook,
+        raw=False,
+        strict_map_key=False,
+        max_bin_len=limits.max_bin_len,
+        max_str_len=limits.max_str_len,
+        max_array_len=limits.max_array_len,
+        max_map_len=limits.max_map_len,
+        max_ext_len=0,
+    )
 
 
-__all__ = ["packb", "unpackb"]
+__all__ = ["DecodeLimits", "packb", "unpackb"]

@@ -28,8 +28,10 @@ one by one, and a run can be repeated. ``seed=None`` draws fresh noise for every
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -42,6 +44,20 @@ from data_utils.image_utils import CameraImageTransform
 from data_utils.normalization import NormStats
 
 OBSERVATION_KEYS = ("images", "state", "prompt")
+
+
+@dataclass(frozen=True)
+class ObservationLimits:
+    """Caps on one observation, checked before any pre-processing (a policy server takes requests from the network).
+
+    Args:
+        max_prompt_chars: longest accepted prompt; task instructions are a sentence or two.
+        max_image_side: largest accepted image height and width (each; 4096 admits 4K cameras). A zero-size
+            image is always refused.
+    """
+
+    max_prompt_chars: int = 1024
+    max_image_side: int = 4096
 
 
 def postprocess_actions(normalized: np.ndarray, raw_states: np.ndarray, stats: NormStats) -> np.ndarray:
@@ -89,27 +105,41 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return _DTYPES[dtype]
 
 
-def _frame_hwc(image: Any, field: str) -> np.ndarray:
+def _frame_hwc(image: Any, field: str, limits: ObservationLimits) -> np.ndarray:
     """One camera frame as ``(H, W, 3)`` uint8 (accepts ``(3, H, W)`` too, as openpi's ALOHA clients send)."""
     if not isinstance(image, np.ndarray):
         raise ObservationError(field, f"must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
         raise ObservationError(field, f"must be uint8, got dtype {image.dtype}")
     if image.ndim == 3 and image.shape[-1] == 3:
-        return image
-    if image.ndim == 3 and image.shape[0] == 3:
-        return image.transpose(1, 2, 0)
-    raise ObservationError(field, f"must be (H, W, 3) or (3, H, W), got shape {image.shape}")
+        frame = image
+    elif image.ndim == 3 and image.shape[0] == 3:
+        frame = image.transpose(1, 2, 0)
+    else:
+        raise ObservationError(field, f"must be (H, W, 3) or (3, H, W), got shape {image.shape}")
+    height, width = frame.shape[:2]
+    if height == 0 or width == 0:
+        raise ObservationError(field, f"is empty (shape {image.shape}); expected a camera frame")
+    if max(height, width) > limits.max_image_side:
+        raise ObservationError(
+            field, f"is {height}x{width} (HxW), over the limit of {limits.max_image_side} pixels a side"
+        )
+    return frame
 
 
 def validate_observation(
-    obs: Any, camera_names: Sequence[str], state_dim: int, default_prompt: str | None = None
+    obs: Any,
+    camera_names: Sequence[str],
+    state_dim: int,
+    default_prompt: str | None = None,
+    limits: ObservationLimits | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray, str]:
     """Check ``obs`` and return ``frames`` (one ``(H, W, 3)`` uint8 per camera, in ``camera_names`` order; their
     resolutions may differ, as training accepts), ``state (state_dim,) float32`` and ``prompt``.
 
-    Raises :class:`ObservationError` naming the first bad field.
+    Raises :class:`ObservationError` naming the first bad field (``limits``: default :class:`ObservationLimits`).
     """
+    limits = ObservationLimits() if limits is None else limits
     if not isinstance(obs, Mapping):
         raise ObservationError("<root>", f"must be a dict with keys {list(OBSERVATION_KEYS)}, got {type(obs).__name__}")
     images = obs.get("images")
@@ -121,7 +151,7 @@ def validate_observation(
             raise ObservationError(
                 f"images.{camera}", f"camera missing; this policy needs {list(camera_names)}, got {sorted(images)}"
             )
-        frames.append(_frame_hwc(images[camera], f"images.{camera}"))
+        frames.append(_frame_hwc(images[camera], f"images.{camera}", limits))
 
     state = obs.get("state")
     if state is None:
@@ -138,10 +168,28 @@ def validate_observation(
     if prompt is None:
         raise ObservationError("prompt", "missing (and the policy has no default prompt)")
     if isinstance(prompt, bytes):
-        prompt = prompt.decode("utf-8")
+        try:
+            prompt = prompt.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ObservationError("prompt", f"is not UTF-8 ({err.reason} at byte {err.start})") from None
     if not isinstance(prompt, str):
         raise ObservationError("prompt", f"must be a string, got {type(prompt).__name__}")
+    if len(prompt) > limits.max_prompt_chars:
+        raise ObservationError("prompt", f"has {len(prompt)} characters, over the limit of {limits.max_prompt_chars}")
     return frames, state.astype(np.float32), prompt
+
+
+@dataclass
+class PreparedObservation:
+    """One validated, pre-processed observation (:meth:`DexVLAPolicy.prepare`), ready for the model.
+
+    ``features``: :meth:`DexVLAPolicy.prompt_features`' output; ``state``: the raw ``(state_dim,)`` float32 state;
+    ``prepare_ms``: the time validation and pre-processing took.
+    """
+
+    features: dict[str, torch.Tensor]
+    state: np.ndarray
+    prepare_ms: float
 
 
 class DexVLAPolicy:
@@ -158,6 +206,7 @@ class DexVLAPolicy:
         image_crop_ratio: training's crop, for checkpoints that do not record it (``config.json``'s
             ``image_crop_ratio``; e.g. 0.95 for a diffusion head trained with augmentation).
         default_prompt: used when an observation has no ``"prompt"``.
+        limits: caps on each observation (prompt length, image size); default :class:`ObservationLimits`.
     """
 
     def __init__(
@@ -172,6 +221,7 @@ class DexVLAPolicy:
         image_size_wrist: Any | None = None,
         default_prompt: str | None = None,
         image_crop_ratio: float | None = None,
+        limits: ObservationLimits | None = None,
     ) -> None:
         from transformers import AutoProcessor, AutoTokenizer
 
@@ -197,6 +247,10 @@ class DexVLAPolicy:
         self.seed = seed
         self.num_inference_timesteps = num_inference_timesteps
         self.default_prompt = default_prompt
+        self.limits = ObservationLimits() if limits is None else limits
+        # The processor's fast tokenizer is not safe to call from two threads at once (a server prepares
+        # requests of several connections in parallel), so pre-processing takes turns.
+        self._prepare_lock = threading.Lock()
 
         self.model = from_pretrained_vla(self.ckpt_dir, dtype=self.dtype).to(self.device).eval()
         head = self.model.config.policy_head_config
@@ -237,7 +291,8 @@ class DexVLAPolicy:
         stable, wrist = self.inference_config.image_size_stable, self.inference_config.image_size_wrist
         return {
             "policy": "dexvla",
-            "checkpoint": str(self.ckpt_dir),
+            # The directory's name only: the metadata goes to every client, the server's file layout does not.
+            "checkpoint": self.ckpt_dir.resolve().name,
             "camera_names": list(self.camera_names),
             "state_dim": self.state_dim,
             "action_dim": self.action_dim,
@@ -257,23 +312,48 @@ class DexVLAPolicy:
 
     def infer_batch(self, observations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """A list of observations -> one result per observation (as :meth:`infer`), computed as one batch."""
-        if not observations:
+        return self.infer_prepared_batch([self.prepare(obs) for obs in observations])
+
+    def prepare(self, obs: Mapping[str, Any]) -> PreparedObservation:
+        """Validate and pre-process one observation, without touching the model.
+
+        Safe to call from several threads, also while another thread runs :meth:`infer_prepared`: a server
+        does this outside its inference lock. Raises :class:`ObservationError` for a malformed observation.
+        """
+        start = time.perf_counter()
+        frames, state, prompt = validate_observation(
+            obs, self.camera_names, self.state_dim, self.default_prompt, self.limits
+        )
+        with self._prepare_lock:
+            features = self.prompt_features(frames, prompt)
+        return PreparedObservation(features, state, 1000.0 * (time.perf_counter() - start))
+
+    def infer_prepared(self, prepared: PreparedObservation) -> dict[str, Any]:
+        """:meth:`infer` of an observation that went through :meth:`prepare`."""
+        return self.infer_prepared_batch([prepared])[0]
+
+    def infer_prepared_batch(self, prepared: Sequence[PreparedObservation]) -> list[dict[str, Any]]:
+        """:meth:`infer_batch` of observations that went through :meth:`prepare`, computed as one batch.
+
+        ``policy_timing``: ``infer_ms`` (pre-processing + model + post-processing of the batch), ``prepare_ms``
+        (the pre-processing part) and ``batch_size``.
+        """
+        if not prepared:
             return []
         start = time.perf_counter()
-        parsed = [validate_observation(o, self.camera_names, self.state_dim, self.default_prompt) for o in observations]
-        features = [self.prompt_features(frames, prompt) for frames, _, prompt in parsed]
-        raw_states = np.stack([state for _, state, _ in parsed])  # (B, state_dim)
+        raw_states = np.stack([p.state for p in prepared])  # (B, state_dim)
         states = torch.as_tensor(self.stats.normalize_state(raw_states), dtype=torch.float32)
-        normalized, reasoning = self._predict(features, states)  # (B, horizon, action_dim) float32
+        normalized, reasoning = self._predict([p.features for p in prepared], states)  # (B, horizon, action_dim)
         actions = self.postprocess_actions(normalized[:, : self.chunk_size], raw_states)
-        elapsed_ms = 1000.0 * (time.perf_counter() - start)
+        prepare_ms = sum(p.prepare_ms for p in prepared)
+        elapsed_ms = 1000.0 * (time.perf_counter() - start) + prepare_ms
         return [
             {
                 "actions": actions[i],
                 "reasoning": reasoning[i],
-                "policy_timing": {"infer_ms": elapsed_ms, "batch_size": len(observations)},
+                "policy_timing": {"infer_ms": elapsed_ms, "prepare_ms": prepare_ms, "batch_size": len(prepared)},
             }
-            for i in range(len(observations))
+            for i in range(len(prepared))
         ]
 
     def prompt_features(self, frames: Sequence[np.ndarray], prompt: str) -> dict[str, torch.Tensor]:
@@ -334,6 +414,8 @@ class DexVLAPolicy:
 __all__ = [
     "DexVLAPolicy",
     "ObservationError",
+    "ObservationLimits",
+    "PreparedObservation",
     "postprocess_actions",
     "resolve_device",
     "resolve_dtype",

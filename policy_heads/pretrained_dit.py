@@ -145,7 +145,9 @@ def load_pretrained_dit(head: nn.Module, path: str | os.PathLike) -> DitLoadRepo
     line.
 
     Raises:
-        ValueError: a tensor's shape differs from the head's (naming the key and both shapes).
+        ValueError: a tensor's shape differs from the head's (naming the key and both shapes), or no tensor of
+            the file matches a parameter of the head (a checkpoint of another model: loading nothing would leave
+            the head at its random start while the run believes it starts from stage 1).
         FileNotFoundError: `path` does not exist.
     """
     state, dropped = read_stage1_state_dict(path)
@@ -157,7 +159,14 @@ def load_pretrained_dit(head: nn.Module, path: str | os.PathLike) -> DitLoadRepo
                 f"{type(head).__name__} head expects {tuple(own[key].shape)}: the checkpoint was trained with "
                 "another config (model_size, cond_dim, state_dim, action_dim or prediction_horizon)"
             )
-    result = head.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    matching = {k: v for k, v in state.items() if k in own}
+    if not matching:
+        raise ValueError(
+            f"no tensor of the stage-1 checkpoint {os.fspath(path)} matches the {type(head).__name__} head: "
+            f"it holds {len(state)} tensors ({_summarize_keys(sorted(state))}), the head expects keys such as "
+            f"{_summarize_keys(sorted(own))}. Is it a checkpoint of another model or head type (--policy_head_type)?"
+        )
+    result = head.load_state_dict(matching, strict=False)
     report = DitLoadReport(
         loaded=sorted(k for k in state if k in own),
         missing=sorted(result.missing_keys),

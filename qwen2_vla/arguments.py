@@ -292,6 +292,9 @@ class DataArguments:
                 raise ValueError(f"{name}: {err}") from None
 
 
+NON_FINITE_LOSS_ACTIONS = ("stop", "skip")
+
+
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
     """``transformers.TrainingArguments`` with the reference's defaults and its VLA-specific fields."""
@@ -334,6 +337,15 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False, metadata={"help": "Stage 3: --model_name_or_path is a trained VLA (stage-2 checkpoint)."}
     )
     llm_loss_weight: float = field(default=1.0, metadata={"help": "loss = action_loss + llm_loss_weight * llm_loss."})
+    # --- failures -----------------------------------------------------------------------------
+    non_finite_loss: str = field(
+        default="stop",
+        metadata={
+            "help": "What a non-finite training loss does: 'stop' (raise on every process, naming the step and the "
+            "loss, before anything is saved) or 'skip' (that micro-batch gives no gradient; counted as "
+            "skipped_batches in the logs)."
+        },
+    )
     # --- EMA ----------------------------------------------------------------------------------
     using_ema: bool = field(default=False, metadata={"help": "Keep an EMA of the trainable weights (saved beside)."})
     ema_decay: float = field(default=0.9999, metadata={"help": "EMA decay per optimizer step."})
@@ -407,6 +419,8 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError(f"using_ema=True needs ema_decay in (0, 1), got {self.ema_decay}")
         if self.model_max_length <= 0:
             raise ValueError(f"model_max_length must be positive, got {self.model_max_length}")
+        if self.non_finite_loss not in NON_FINITE_LOSS_ACTIONS:
+            raise ValueError(f"non_finite_loss={self.non_finite_loss!r} is not one of {list(NON_FINITE_LOSS_ACTIONS)}")
         super().__post_init__()
 
     @property

@@ -11,6 +11,10 @@ losses; here only hooks are overridden:
 - ``create_optimizer``: decay / no-decay groups (transformers' rule, which also spares RMSNorm
   weights the reference decayed; see scripts/README.md), plus ``non_lora_lr`` for the trainable
   non-LoRA modules of a LoRA run (the reference's ``non_lora_modules`` list).
+- ``compute_loss`` also guards against non-finite losses (``--non_finite_loss``): the losses of every
+  process are gathered each micro-batch, so all processes stop together with an error naming the step
+  and the loss (the Trainer's ``logging_nan_inf_filter`` would hide it while NaN weights reach every
+  later checkpoint and the EMA), or all skip that micro-batch (see :meth:`QWen2VLATrainer._skip_batch_loss`).
 - ``_get_train_sampler``: ``EpisodeSampler`` from ``load_data``'s ``sampler_params`` seeded with
   ``args.seed``: deterministic per epoch, so a resumed run sees the same order.
 - ``_save``: every save is self-contained: weights + config + processor (tokenizer, chat template,
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -64,6 +69,7 @@ NON_LORA_MODULES: tuple[str, ...] = (
 # With LoRA on the diffusion head, only its input embeddings are non-LoRA modules (one list, shared
 # with the loader that decides what trains).
 HEAD_NON_LORA_MODULES: tuple[str, ...] = HEAD_FULLY_TRAINED
+logger = logging.getLogger(__name__)
 COMPONENT_LOSSES: tuple[str, ...] = ("llm_loss", "action_loss")
 STAGING_PREFIX = ".staging-"
 LORA_BASE_DIR_NAME = "lora_base"
@@ -107,9 +113,8 @@ class AtomicCheckpointMixin:
         # Every process wrote its part (RNG state, ZeRO shards) into the staging directory.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            if os.path.isdir(final_dir):
-                shutil.rmtree(final_dir)  # same step saved again (e.g. a rerun into the same output_dir)
-            os.replace(os.path.join(staging_root, name), final_dir)
+            # The same step may be saved again (e.g. a rerun into the same output_dir).
+            replace_directory(os.path.join(staging_root, name), final_dir)
             shutil.rmtree(staging_root, ignore_errors=True)
             best = self.state.best_model_checkpoint
             if best is not None and best.startswith(staging_root):
@@ -127,6 +132,54 @@ class AtomicCheckpointMixin:
 
 
 
+def replace_directory(staging: str, target: str) -> None:
+    """Put the complete directory ``staging`` at ``target``; at every instant one of them is whole.
+
+    An existing ``target`` is renamed aside first and deleted only once ``staging`` has taken its place,
+    so a crash in between leaves the old copy (``.old-<name>``) rather than nothing.
+    """
+    target = os.path.normpath(target)
+    old = os.path.join(os.path.dirname(target), f".old-{os.path.basename(target)}")
+    if os.path.isdir(old):
+        shutil.rmtree(old)
+    if os.path.isdir(target):
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# Files of a saved model that an older save in the same directory may have left and the new one lacks
+# (e.g. shards where the new save is one file, a full model where the new one is an adapter).
+_MODEL_FILE_PREFIXES = ("model.safetensors", "model-", "adapter_model", "pytorch_model", "ema_weights")
+_MODEL_CONFIG = "config.json"
+
+
+def publish_files_into(staging: str, target: str) -> None:
+    """Move the files of the complete save ``staging`` into ``target``, a directory that also holds other things.
+
+    ``target`` (a run's ``output_dir``, beside its ``checkpoint-N``) cannot be swapped whole. Its old
+    ``config.json`` goes first and the new one comes last: a crash in between leaves a directory that
+    does not load (and the complete copy in ``staging``), never one that loads mixed weights.
+    """
+    os.makedirs(target, exist_ok=True)
+    config = os.path.join(target, _MODEL_CONFIG)
+    if os.path.exists(config):
+        os.remove(config)
+    staged = set(os.listdir(staging))
+    for name in os.listdir(target):
+        path = os.path.join(target, name)
+        if name not in staged and os.path.isfile(path) and name.startswith(_MODEL_FILE_PREFIXES):
+            os.remove(path)
+    for name in sorted(staged - {_MODEL_CONFIG}):
+        destination = os.path.join(target, name)
+        if os.path.isdir(destination):
+            shutil.rmtree(destination)
+        os.replace(os.path.join(staging, name), destination)
+    if _MODEL_CONFIG in staged:
+        os.replace(os.path.join(staging, _MODEL_CONFIG), config)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def resume_arg(value: str | bool | None) -> str | bool | None:
     """``--resume_from_checkpoint`` as the Trainer takes it: a path, True (the last checkpoint-N) or None."""
     if isinstance(value, str):
@@ -136,6 +189,24 @@ def resume_arg(value: str | bool | None) -> str | bool | None:
         if lowered in ("", "false", "none"):
             return None
     return value or None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss was NaN or infinite (raised on every process, before the optimizer step)."""
+
+
+def non_finite_loss_report(values: torch.Tensor, names: Sequence[str]) -> str | None:
+    """What is non-finite in ``values (world_size, len(names))``, the gathered losses; None when all are finite."""
+    bad = ~torch.isfinite(values)
+    if not bad.any():
+        return None
+    parts = []
+    for column, name in enumerate(names):
+        ranks = bad[:, column].nonzero().flatten().tolist()
+        if ranks:
+            shown = ", ".join(f"{values[r, column].item()} on process {r}" for r in ranks)
+            parts.append(f"{name} = {shown}")
+    return "; ".join(parts)
 
 
 class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
@@ -166,6 +237,13 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
         self.model_accepts_loss_kwargs = False
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_counts: dict[str, int] = {}
+        self.skipped_batches = 0  # micro-batches whose loss was non-finite (non_finite_loss="skip")
+        self._skip_this_step = False  # an optimizer step whose window holds a skipped micro-batch
+        if getattr(self.args, "non_finite_loss", "stop") == "skip" and is_deepspeed_zero3_enabled():
+            raise ValueError(
+                "non_finite_loss='skip' with ZeRO-3: its parameters are partitioned outside forward, so a skipped "
+                "micro-batch cannot give them a zero gradient; use non_finite_loss='stop' or ZeRO-2"
+            )
         logging_dir = getattr(self.args, "logging_dir", None)
         if logging_dir:
             # transformers 5 dropped TrainingArguments.logging_dir; its TensorBoard callback reads this attribute.
@@ -188,6 +266,9 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and self._loss_is_non_finite(loss, outputs):
+            loss = self._skip_batch_loss(model)
+            return (loss, outputs) if return_outputs else loss
         if model.training:
             for name in COMPONENT_LOSSES:
                 value = getattr(outputs, name, None)
@@ -201,7 +282,58 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
                 self._component_counts[name] = self._component_counts.get(name, 0) + 1
         return (loss, outputs) if return_outputs else loss
 
+    def _loss_is_non_finite(self, loss: torch.Tensor, outputs: Any) -> bool:
+        """Whether any process's loss is non-finite; raises :class:`NonFiniteLossError` unless skipping.
+
+        Every process gathers every process's losses, so all of them take the same branch (one raising
+        alone would leave the others waiting in the next collective).
+        """
+        names = ("loss", *COMPONENT_LOSSES)
+        local = [loss, *(getattr(outputs, n, None) for n in COMPONENT_LOSSES)]
+        values = torch.stack(
+            [v.detach().float().mean() if v is not None else loss.new_zeros((), dtype=torch.float32) for v in local]
+        )
+        gathered = self.accelerator.gather(values).reshape(-1, len(names)).cpu()
+        report = non_finite_loss_report(gathered, names)
+        if report is None:
+            return False
+        step = self.state.global_step + 1
+        if self.args.non_finite_loss != "skip":
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {step}: {report}. Training stopped before this step's update, "
+                "so no checkpoint holds it. Common causes: a learning rate too high, fp16 overflow (use --bf16), "
+                "corrupt data (python -m data_utils.check_data_integrity). --non_finite_loss skip skips such "
+                "micro-batches instead."
+            )
+        self.skipped_batches += 1
+        self._skip_this_step = True
+        logger.warning(
+            "non-finite training loss at step %d: %s; micro-batch skipped (%d so far)", step, report,
+            self.skipped_batches,
+        )
+        return True
+
+    def _skip_batch_loss(self, model: nn.Module) -> torch.Tensor:
+        """A loss whose gradient is exactly zero for every trainable parameter (the skipped micro-batch's).
+
+        Backward still runs, so DDP and DeepSpeed see a gradient for every parameter as usual; zero
+        times the parameters (not the non-finite activations) keeps NaN out of every gradient. Without
+        DeepSpeed the optimizer step of that window is skipped as well (see :meth:`create_optimizer`).
+        """
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return torch.stack([p.sum().float() for p in trainable]).sum() * 0.0
+
+    def _drop_gradients_of_skipped_step(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+        """Optimizer pre-step hook: a window with a skipped micro-batch updates nothing (no moments, no decay)."""
+        if self._skip_this_step:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+        self._skip_this_step = False
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.args.non_finite_loss == "skip":
+            logs["skipped_batches"] = self.skipped_batches
         # Training logs carry "loss"; every process reaches this point together, so the reduce is safe.
         if "loss" in logs and self._component_sums:
             names = sorted(self._component_sums)
@@ -265,6 +397,9 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
             else:
                 optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(self.optimizer_param_groups(opt_model), **optimizer_kwargs)
+            if isinstance(self.optimizer, torch.optim.Optimizer):
+                # Torch optimizers leave a parameter whose grad is None untouched: that is the skip.
+                self.optimizer.register_step_pre_hook(self._drop_gradients_of_skipped_step)
         # The parent returns the optimizer built above (and wraps it where SageMaker MP needs that).
         return super().create_optimizer(model)
 
@@ -297,6 +432,58 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
         del saved
 
     # ---- saving -------------------------------------------------------------------------------
+    _export_target: tuple[str, str] | None = None  # (staging, final) while save_model writes a staged export
+
+    def export_staging_dir(self, output_dir: str) -> str:
+        """Where :meth:`save_model` stages an export bound for ``output_dir`` (inside the run, hidden)."""
+        run_dir = os.path.normpath(self.args.output_dir)
+        target = os.path.normpath(output_dir)
+        if target == run_dir:
+            return os.path.join(run_dir, f"{STAGING_PREFIX}export")
+        return os.path.join(os.path.dirname(target), f"{STAGING_PREFIX}{os.path.basename(target)}")
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``, atomic: written to a hidden staging directory, then published.
+
+        ``checkpoint-N`` saves (``_internal_call``) are staged by ``_save_checkpoint`` already. A final
+        export into ``output_dir`` itself is published file by file (see :func:`publish_files_into`),
+        one into its own directory (``merged/``, ``ema/``) by renaming (:func:`replace_directory`).
+        """
+        if _internal_call:
+            super().save_model(output_dir, _internal_call=True)
+            return
+        target = os.path.normpath(output_dir if output_dir is not None else self.args.output_dir)
+        staging = self.export_staging_dir(target)
+        if self.args.should_save and os.path.isdir(staging):
+            shutil.rmtree(staging)  # left over by a crashed export
+        self.accelerator.wait_for_everyone()
+        self._export_target = (staging, target)
+        try:
+            super().save_model(staging, _internal_call=True)
+        finally:
+            self._export_target = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            self.publish_export(staging, target)
+        self.accelerator.wait_for_everyone()
+
+    def publish_export(self, staging: str, target: str) -> None:
+        """Move the complete export ``staging`` to ``target`` (see :meth:`save_model`)."""
+        if os.path.normpath(target) == os.path.normpath(self.args.output_dir):
+            publish_files_into(staging, target)
+        else:
+            replace_directory(staging, target)
+
+    def _final_location(self, output_dir: str) -> str:
+        """Where a directory being written now will live once published (staged saves are renamed)."""
+        if self._export_target is not None and os.path.normpath(output_dir) == self._export_target[0]:
+            return self._export_target[1]
+        if self._staging_run_dir is not None and os.path.abspath(output_dir).startswith(
+            os.path.abspath(self._staging_run_dir)
+        ):
+            return os.path.join(self.args.output_dir, os.path.basename(os.path.normpath(output_dir)))
+        return output_dir
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict=state_dict)
         if not self.args.should_save:
@@ -332,16 +519,14 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
             if "lora_" in name or ".modules_to_save." in name:
                 continue  # the adapter checkpoint holds these
             state[name.replace(".base_layer.", ".").replace(".original_module.", ".")] = tensor
-        staging = base_dir + ".tmp"
+        staging = os.path.join(self.args.output_dir, f"{STAGING_PREFIX}{LORA_BASE_DIR_NAME}")
         shutil.rmtree(staging, ignore_errors=True)
         base.save_pretrained(staging, state_dict=state)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(staging)
         if self.norm_stats is not None:
             self.norm_stats.save(staging)
-        if os.path.isdir(base_dir):
-            shutil.rmtree(base_dir)
-        os.replace(staging, base_dir)
+        replace_directory(staging, base_dir)
         self._lora_base_written = True
         return base_dir
 
@@ -351,12 +536,8 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
         if not os.path.isfile(adapter_config) or is_deepspeed_zero3_enabled():
             return  # ZeRO-3 shards the base: the merged export at the end is the self-contained model
         base_dir = self._save_lora_base(model)
-        # A staged checkpoint is renamed to <output_dir>/checkpoint-N: relative to where it will live.
-        final_dir = output_dir
-        if self._staging_run_dir is not None and os.path.abspath(output_dir).startswith(
-            os.path.abspath(self._staging_run_dir)
-        ):
-            final_dir = os.path.join(self.args.output_dir, os.path.basename(os.path.normpath(output_dir)))
+        # A staged save is renamed (checkpoint-N, the final export): relative to where it will live.
+        final_dir = self._final_location(output_dir)
         with open(adapter_config) as f:
             data = json.load(f)
         data["base_model_name_or_path"] = os.path.relpath(base_dir, final_dir)
@@ -373,6 +554,9 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if not _is_peft_model(model):
             return None
+        staging = self.export_staging_dir(output_dir)
+        if self.args.should_save and os.path.isdir(staging):
+            shutil.rmtree(staging)
         gather: contextlib.AbstractContextManager = contextlib.nullcontext()
         if is_deepspeed_zero3_enabled():
             import deepspeed
@@ -381,14 +565,25 @@ class QWen2VLATrainer(AtomicCheckpointMixin, Trainer):
         with gather:
             merged = model.merge_and_unload()
             if self.args.should_save:
-                merged.save_pretrained(output_dir)
+                merged.save_pretrained(staging)
         if self.args.should_save:
             if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
+                self.processing_class.save_pretrained(staging)
             if self.norm_stats is not None:
-                self.norm_stats.save(output_dir)
+                self.norm_stats.save(staging)
+            self.publish_export(staging, output_dir)
         self.accelerator.wait_for_everyone()
         return output_dir
 
 
-__all__ = ["NON_LORA_MODULES", "AtomicCheckpointMixin", "QWen2VLATrainer", "non_lora_module_keywords", "resume_arg"]
+__all__ = [
+    "NON_LORA_MODULES",
+    "AtomicCheckpointMixin",
+    "NonFiniteLossError",
+    "QWen2VLATrainer",
+    "non_finite_loss_report",
+    "non_lora_module_keywords",
+    "publish_files_into",
+    "replace_directory",
+    "resume_arg",
+]

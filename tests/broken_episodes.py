@@ -18,7 +18,7 @@ EXPECTED_PROBLEMS: dict[str, tuple[str, str]] = {
     "short_camera.hdf5": ("/observations/images/cam_high", "found 29 frames"),
     "float_images.hdf5": ("/observations/images/cam_left_wrist", "dtype float32"),
     "not_hdf5.hdf5": ("", "does not open as HDF5"),
-    "corrupt_jpeg.hdf5": ("/observations/images/cam_high", "readable"),
+    "corrupt_jpeg.hdf5": ("/observations/images/cam_high", "of another format"),
     "missing_language.hdf5": ("/language_raw", "found nothing"),
     "nan_qvel.hdf5": ("/observations/qvel", "NaN/inf"),
 }

@@ -101,7 +101,7 @@ def camera_vla_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
     )
 
 
-def _train_tiny_run(tiny_model_dir: Path, episodes_dir: Path, output_dir: Path, **flags):
+def _train_tiny_run(tiny_model_dir: Path, episodes_dir: Path, output_dir: Path, callbacks=None, **flags):
     """``train_vla.run`` on the tiny model and the session's episodes (see tests/test_train_vla.py)."""
     import train_vla
     from aloha_scripts.constants import TASK_CONFIGS
@@ -109,7 +109,7 @@ def _train_tiny_run(tiny_model_dir: Path, episodes_dir: Path, output_dir: Path, 
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(TASK_CONFIGS, TASK, tiny_task_config(episodes_dir))
-        return train_vla.run(tiny_argv(tiny_model_dir, output_dir, **flags))
+        return train_vla.run(tiny_argv(tiny_model_dir, output_dir, **flags), callbacks=callbacks)
 
 
 @pytest.fixture(scope="session")

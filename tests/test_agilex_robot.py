@@ -159,7 +159,7 @@ def test_reset_seeds_the_clamp_and_every_clamped_step_counts():
         (np.zeros(7), r"\(14,\) joint targets .* got shape \(7,\)"),
         (np.zeros((2, 7)), r"got shape \(2, 7\)"),
         (np.zeros(16), r"got shape \(16,\)"),
-        (np.where(np.arange(14) == 9, np.nan, 0.0), r"non-finite joint targets at indices \[9\]"),
+        (np.where(np.arange(14) == 9, np.nan, 0.0), r"non-finite joint targets of shape \(14,\): NaN/inf at indices \[9\]"),
     ],
 )
 def test_bad_actions_are_refused_before_anything_is_published(action, error):

@@ -368,6 +368,18 @@ def _ema(run: Run) -> None:
     assert run.trainer(run.load()).ema is None
 
 
+@effect("non_finite_loss")
+def _non_finite_loss(run: Run) -> None:
+    from qwen2_vla.trainer import NonFiniteLossError
+
+    nan = torch.tensor(float("nan"))
+    outputs = types.SimpleNamespace(action_loss=nan, llm_loss=torch.tensor(0.5))
+    with pytest.raises(NonFiniteLossError, match="action_loss = nan"):
+        run.trainer(run.load())._loss_is_non_finite(nan, outputs)
+    skipper = run.trainer(run.load(), non_finite_loss="skip")
+    assert skipper._loss_is_non_finite(nan, outputs) and skipper.skipped_batches == 1
+
+
 @effect("lora_enable")
 def _lora_enable(run: Run) -> None:
     assert any("lora_" in n for n, _ in run.load(**LORA).named_parameters())

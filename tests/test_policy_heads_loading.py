@@ -127,3 +127,19 @@ def test_pickled_objects_are_never_unpickled(tmp_path) -> None:
 def test_missing_path_is_clear(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_pretrained_dit(tiny_head(seed=0), tmp_path / "nowhere.ckpt")
+
+
+@pytest.mark.parametrize("source", ["other_model", "unet_head"])
+def test_checkpoint_matching_no_tensor_is_an_error(tmp_path, source: str) -> None:
+    # Before: a warning, and stage 2 started from a random head believing it had stage-1 weights.
+    if source == "other_model":
+        tensors = {"encoder.layers.0.weight": torch.zeros(4, 4), "encoder.layers.0.bias": torch.zeros(4)}
+    else:  # a head of the other type: none of its names exist in ScaleDP
+        tensors = {"diffusion_step_encoder.1.weight": torch.zeros(8, 4), "final_conv.1.bias": torch.zeros(6)}
+    path = tmp_path / "stage1.safetensors"
+    save_file(tensors, path)
+    target = tiny_head(seed=2)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError, match=r"no tensor of the stage-1 checkpoint .*stage1\.safetensors matches"):
+        load_pretrained_dit(target, path)
+    assert_same(before, target.state_dict())

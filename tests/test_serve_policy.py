@@ -337,3 +337,20 @@ def test_server_binds_loopback_by_default(policy):
         assert server.host == "127.0.0.1"
     finally:
         server.shutdown()
+
+
+def test_prepare_then_infer_prepared_is_infer(policy, tiny_vla_ckpt, episodes_dir):
+    """The split the server uses (pre-processing outside its inference lock) computes what ``infer`` does."""
+    path = find_all_hdf5(episodes_dir)[0]
+    obs = observation(path, 5)
+    prepared = policy.prepare(obs)
+    assert prepared.state.shape == (14,) and prepared.prepare_ms > 0
+    split = policy.infer_prepared(prepared)
+    np.testing.assert_array_equal(split["actions"], policy.infer(obs)["actions"])
+    assert split["policy_timing"]["prepare_ms"] == prepared.prepare_ms
+    with pytest.raises(ObservationError, match="'prompt': has 2000 characters, over the limit of 1024"):
+        policy.prepare({**obs, "prompt": "x" * 2000})
+    # The metadata every client receives names the checkpoint directory, not where it lives.
+    meta = policy.metadata
+    assert meta["checkpoint"] == tiny_vla_ckpt.name
+    assert not [v for v in meta.values() if isinstance(v, str) and v.startswith("/")], meta

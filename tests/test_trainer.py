@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from data_utils.sampler import EpisodeSampler
 from qwen2_vla.ema import EMA_WEIGHTS_NAME
 from qwen2_vla.trainer import QWen2VLATrainer, is_lora_parameter, non_lora_module_keywords
 from tests import test_train_vla as shared
+from tests.conftest import CAMERAS
 from tests.test_train_vla import tiny_argv, train_logs
 
 # The test task and the one-thread setting, shared with test_train_vla.py.
@@ -249,3 +251,36 @@ def test_loss_is_finite_and_decreases_over_a_short_run(tiny_model_dir, tiny_task
     for key, factor in (("loss", 1.0), ("llm_loss", 1.0), ("action_loss", 0.6)):
         values = [e[key] for e in logs]
         assert all(math.isfinite(x) for x in values) and values[-1] < factor * values[0], (key, values)
+
+
+def test_resume_on_changed_data_stops_before_touching_the_run(
+    full_ema_run, tiny_model_dir, tiny_task, tmp_path
+) -> None:
+    """Other data under the same output_dir: resuming stops, naming the statistic that moved."""
+    from data_utils.normalization import STATS_FILE_NAME, NormStats
+
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoint-2"
+    shutil.copytree(Path(full_ema_run.args.output_dir) / "checkpoint-2", checkpoint)
+    stats = NormStats.load(checkpoint).to_dict()
+    stats["action_mean"][3] += 0.5  # what the run was trained on: not today's data
+    (checkpoint / STATS_FILE_NAME).write_text(json.dumps(stats))
+    (run / STATS_FILE_NAME).write_text(json.dumps(stats))
+    run_stats = (run / STATS_FILE_NAME).read_text()
+    with pytest.raises(ValueError, match=r"resuming from .*checkpoint-2.* action_mean\[3\]"):
+        train_vla.run(tiny_argv(tiny_model_dir, run, max_steps=4, save_steps=2, resume_from_checkpoint="True"))
+    assert (run / STATS_FILE_NAME).read_text() == run_stats  # the run's own record was not overwritten
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-2", STATS_FILE_NAME]
+
+
+def test_resume_stats_check_passes_unchanged_data(full_ema_run, episodes_dir) -> None:
+    from data_utils.hdf5_io import find_all_hdf5
+    from data_utils.normalization import NormStats
+    from data_utils.utils import get_norm_stats
+
+    saved = NormStats.load(Path(full_ema_run.args.output_dir) / "checkpoint-2")
+    recomputed, _ = get_norm_stats(
+        find_all_hdf5(episodes_dir), camera_names=CAMERAS, chunk_size=saved.chunk_size,
+        dataset_dirs=saved.dataset_dirs,
+    )
+    train_vla.check_resumed_stats(str(Path(full_ema_run.args.output_dir) / "checkpoint-2"), recomputed)

@@ -8,9 +8,10 @@ ROS (``rospy``, ``sensor_msgs``, ``cv_bridge``) is imported only when the robot 
 module imports anywhere; without ROS, creating the robot fails with a message naming what is missing.
 Tests pass stand-ins for those modules as ``ros=`` (the same mapping :func:`import_ros` returns).
 
-Safety is deliberately minimal here: each commanded joint moves at most ``max_joint_step`` per step
-away from the last command (clamped, with a warning). Joint limits, homing, an e-stop and gripper
-calibration belong to the robot's own stack (see the evaluation README for what to add).
+Safety is deliberately minimal here: a non-finite target is refused before anything is published,
+each commanded joint moves at most ``max_joint_step`` per step away from the last command (clamped,
+with a warning), and ``hold()`` re-publishes the last command. Joint limits, homing, an e-stop and
+gripper calibration belong to the robot's own stack (see the evaluation README for what to add).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluate.robots.base import Observation, Robot, StepInfo
+from evaluate.robots.base import Observation, Robot, StepInfo, check_finite_action
 
 DEFAULT_CAMERA_TOPICS = {
     "cam_high": "/camera_f/color/image_raw",
@@ -76,7 +77,7 @@ class AgileXRobot(Robot):
         state_topics: the left and right puppet arms' ``JointState`` topics.
         command_topics: the left and right ``JointState`` command topics.
         prompt: the instruction sent with every observation.
-        max_joint_step: largest change of any commanded joint per step (radians); ``None``: no clamp.
+        max_joint_step: largest change of any commanded joint per step (radians, > 0); ``None``: no clamp.
         obs_timeout_s: how long ``get_obs`` waits for fresh messages on every topic.
         node_name: the ROS node's name.
         ros: the ROS modules as :func:`import_ros` returns them (default: imported now; tests pass fakes).
@@ -99,6 +100,12 @@ class AgileXRobot(Robot):
         node_name: str = "dexvla_eval",
         ros: Mapping[str, Any] | None = None,
     ) -> None:
+        # A negative step inverts the clamp's bounds (every joint then moves by that step whatever the policy
+        # says), zero freezes the arms, NaN makes every target NaN: refuse them before touching ROS.
+        if max_joint_step is not None and not (np.isfinite(max_joint_step) and max_joint_step > 0):
+            raise ValueError(
+                f"max_joint_step must be a positive number of radians (or None: no clamp), got {max_joint_step!r}"
+            )
         ros = import_ros() if ros is None else ros
         self._rospy, self._joint_state_cls = ros["rospy"], ros["JointState"]
         self._bridge = ros["CvBridge"]()
@@ -193,7 +200,9 @@ class AgileXRobot(Robot):
         self._last_command = None
         self.clamped_steps = 0
         obs = self.get_obs()
-        self._last_command = obs["state"].copy()
+        # The seed bounds every later command: a NaN joint reading would make that joint's targets NaN.
+        seed = check_finite_action(obs["state"], "joint positions from the state topics (seeding the clamp)")
+        self._last_command = seed
         return obs
 
     def step(self, action: np.ndarray) -> StepInfo:
@@ -204,8 +213,7 @@ class AgileXRobot(Robot):
                 f"AgileX takes ({2 * JOINTS_PER_ARM},) joint targets (left arm's {JOINTS_PER_ARM}, then the right's), "
                 f"got shape {action.shape}"
             )
-        if not np.isfinite(action).all():  # NaN passes np.clip untouched: never send it to the motors
-            raise ValueError(f"non-finite joint targets at indices {np.flatnonzero(~np.isfinite(action)).tolist()}")
+        check_finite_action(action, "joint targets")  # NaN passes np.clip untouched: never send it to the motors
         if self.max_joint_step is not None:
             if self._last_command is None:  # the first command would go out unclamped
                 raise RuntimeError("AgileXRobot.step before reset(): reset() reads the arms to seed the joint clamp")
@@ -221,14 +229,22 @@ class AgileXRobot(Robot):
                         stacklevel=2,
                     )
             action = clamped
+        self._publish(action)
+        self._last_command = action
+        return StepInfo(done=self._rospy.is_shutdown())
+
+    def hold(self) -> None:
+        """Re-publish the last command (after ``reset()`` and before any step: the arms' state it was seeded with)."""
+        if self._last_command is not None:
+            self._publish(self._last_command)
+
+    def _publish(self, action: np.ndarray) -> None:
         now = self._rospy.Time.now()
         for arm, publisher in enumerate(self._publishers):
             msg = self._joint_state_cls()
             msg.header.stamp = now
             msg.position = action[arm * JOINTS_PER_ARM : (arm + 1) * JOINTS_PER_ARM].tolist()
             publisher.publish(msg)
-        self._last_command = action
-        return StepInfo(done=self._rospy.is_shutdown())
 
     def close(self) -> None:
         for endpoint in [*getattr(self, "_subscribers", []), *getattr(self, "_publishers", [])]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluate.robots.base import Observation, Robot, StepInfo
+from evaluate.robots.base import Observation, Robot, StepInfo, check_finite_action
 
 ALOHA_TO_SIM_CAMERAS = {
     "cam_high": "top",
@@ -126,6 +126,7 @@ class AlohaSimRobot(Robot):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (14,):
             raise ValueError(f"gym-aloha takes (14,) joint targets, got {action.shape}")
+        check_finite_action(action, "joint targets")  # MuJoCo would integrate NaN into the whole state
         self._obs, reward, terminated, _, info = self.env.step(action)
         self._t += 1
         self._rewards.append(float(reward))

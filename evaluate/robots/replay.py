@@ -22,7 +22,7 @@ import numpy as np
 
 from data_utils.dataset import chunk_start
 from data_utils.hdf5_io import ACTION_KEY, QPOS_KEY, read_frame, read_language
-from evaluate.robots.base import Observation, Robot, StepInfo
+from evaluate.robots.base import Observation, Robot, StepInfo, check_finite_action
 
 
 def recorded_targets(action: np.ndarray, is_sim: bool) -> np.ndarray:
@@ -104,7 +104,15 @@ class ReplayRobot(Robot):
         }
 
     def step(self, action: np.ndarray) -> StepInfo:
-        self.executed.append(np.asarray(action, dtype=np.float32).copy())
+        """Record ``action (action_dim,)`` for the comparison and move to the next frame (whatever the action)."""
+        if self._file is None:
+            raise RuntimeError("call reset() first")
+        action = check_finite_action(action, "action")  # as a real robot would: nothing non-finite is "executed"
+        if action.shape != self.targets.shape[1:]:
+            raise ValueError(
+                f"{self.episode_path}: actions are {self.targets.shape[1:]} as recorded, got shape {action.shape}"
+            )
+        self.executed.append(action.astype(np.float32))
         self._t += 1
         return StepInfo(done=self._t >= self.length)
 
