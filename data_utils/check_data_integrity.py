@@ -1,4 +1,8 @@
-"""Check HDF5 episodes before training: one line per problem, naming file, key, expected and found.
+"""Check episodes before training: one line per problem, naming file, key, expected and found.
+
+HDF5 directories and LeRobotDataset roots alike (``data_utils.episode_source``); for a LeRobot root
+the checks are those of ``LeRobotRoot.problems`` (features, dims, finite values, videos covering each
+episode's span) plus decoded frames (one per camera before training, all with the CLI's image check).
 
 Usage::
 
@@ -23,6 +27,13 @@ from collections.abc import Callable, Sequence
 import h5py
 import numpy as np
 
+from data_utils.episode_source import (
+    find_episodes,
+    lerobot_camera_key,
+    lerobot_episode_ref,
+    lerobot_root,
+    split_by_format,
+)
 from data_utils.hdf5_io import (
     ACTION_KEY,
     EPISODE_REASONING_KEY,
@@ -34,12 +45,12 @@ from data_utils.hdf5_io import (
     REASONING_KEY,
     FrameDecodeError,
     decode_text,
-    find_all_hdf5,
     frame_format,
     has_reasoning,
     is_compressed,
     read_frame,
 )
+from data_utils.lerobot_io import LeRobotFormatError
 
 
 class DataIntegrityError(ValueError):
@@ -288,6 +299,55 @@ def _check_compressed_frames(
     return resolution
 
 
+def check_lerobot_root(
+    root_dir: str,
+    episode_indices: Sequence[int] | None,
+    camera_names: Sequence[str],
+    state_dim: int | None = None,
+    action_dim: int | None = None,
+    check_images: bool = True,
+    one_resolution: bool = False,
+) -> list[str]:
+    """Problems of a LeRobot root's episodes ``episode_indices`` (default: all).
+
+    Decodes every frame of those episodes with ``check_images``, else the first frame of each camera.
+    """
+    try:
+        root = lerobot_root(root_dir)
+    except (LeRobotFormatError, OSError, ValueError) as err:
+        return [f"{root_dir}: not a readable LeRobot dataset ({err})"]
+    keys = [lerobot_camera_key(root, camera) for camera in camera_names]
+    problems = root.problems(keys)
+    info = os.path.join(root_dir, "meta", "info.json")
+    for role, key, dim, expected in (
+        ("state", root.state_key, root.state_dim, state_dim),
+        ("action", root.action_key, root.action_dim, action_dim),
+    ):
+        if expected is not None and dim != expected:
+            problems.append(f"{info}: feature '{key}' ({role}) has shape ({dim},), expected ({expected},)")
+    cameras = [k for k in keys if root.features.get(k, {}).get("dtype") in ("video", "image")]
+    if one_resolution and len({root.image_shape(k) for k in cameras}) > 1:
+        shapes = ", ".join(f"{k} {_resolution(root.image_shape(k))}" for k in cameras)
+        problems.append(f"{info}: cameras differ in resolution ({shapes}); give an image size to resize to")
+    indices = [ep.index for ep in root.episodes] if episode_indices is None else list(episode_indices)
+    if not check_images:
+        indices = indices[:1]
+    for index in indices:
+        try:
+            length = root.episode(index).length if check_images else 1
+        except LeRobotFormatError as err:
+            problems.append(str(err))
+            continue
+        for camera in cameras:
+            for t in range(length):
+                try:
+                    root.read_frame(camera, index, t)
+                except Exception as err:  # noqa: BLE001 - FFmpeg and Pillow raise many types on bad data
+                    problems.append(f"{root_dir}: camera '{camera}', episode {index}, frame {t}: {err}")
+                    break  # one line per camera and episode
+    return problems
+
+
 def check_episodes(
     paths: Sequence[str],
     camera_names: Sequence[str],
@@ -296,7 +356,25 @@ def check_episodes(
     check_images: bool = True,
     one_resolution: bool = False,
 ) -> list[str]:
-    """Problems of all ``paths`` (see :func:`check_episode`); dims default to the first good episode's so files must agree."""
+    """Problems of all ``paths`` (see :func:`check_episode`); dims default to the first good episode's so files must agree.
+
+    LeRobot episode references (``<root>#episode=<i>``) are checked per root (:func:`check_lerobot_root`).
+    """
+    paths, lerobot = split_by_format(paths)
+    problems = _check_hdf5_episodes(paths, camera_names, state_dim, action_dim, check_images, one_resolution)
+    for root_dir, indices in lerobot.items():
+        problems += check_lerobot_root(root_dir, indices, camera_names, state_dim, action_dim, check_images, one_resolution)
+    return problems
+
+
+def _check_hdf5_episodes(
+    paths: Sequence[str],
+    camera_names: Sequence[str],
+    state_dim: int | None,
+    action_dim: int | None,
+    check_images: bool,
+    one_resolution: bool,
+) -> list[str]:
     problems: list[str] = []
     for path in paths:
         found = check_episode(path, camera_names, state_dim, action_dim, check_images, one_resolution)
@@ -314,6 +392,14 @@ def episodes_without_reasoning(paths: Sequence[str]) -> list[str]:
     Files that do not open are skipped: :func:`check_episode` reports them.
     """
     missing = []
+    paths, lerobot = split_by_format(paths)
+    for root_dir, indices in lerobot.items():
+        try:
+            root = lerobot_root(root_dir)
+        except (LeRobotFormatError, OSError, ValueError):
+            continue  # check_lerobot_root reports it
+        if root.reasoning_key is None:
+            missing += [lerobot_episode_ref(root_dir, i) for i in indices]
     for path in paths:
         try:
             root = h5py.File(path, "r")
@@ -341,8 +427,8 @@ def _find_paths(
     paths: list[str] = []
     for directory in dataset_dirs:
         try:
-            paths.extend(find_all_hdf5(directory, name_filter=name_filter))
-        except FileNotFoundError as err:
+            paths.extend(find_episodes(directory, name_filter=name_filter))
+        except (FileNotFoundError, LeRobotFormatError) as err:
             problems.append(str(err))
     return paths, problems
 
@@ -363,7 +449,9 @@ def check_dirs(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset_dirs", nargs="+", help="directories searched recursively for *.hdf5")
+    parser.add_argument(
+        "dataset_dirs", nargs="+", help="directories searched recursively for *.hdf5, or LeRobotDataset roots"
+    )
     parser.add_argument("--camera_names", nargs="+", required=True)
     parser.add_argument("--state_dim", type=int, default=None)
     parser.add_argument("--action_dim", type=int, default=None)

@@ -6,11 +6,10 @@ import bisect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import h5py
 import numpy as np
 import torch
 
-from data_utils.hdf5_io import ACTION_KEY, QPOS_KEY, read_frame, read_language, read_reasoning
+from data_utils.episode_source import open_episode
 from data_utils.image_utils import DEFAULT_CROP_RATIO, CameraImageTransform, parse_image_size
 from data_utils.normalization import NormStats
 
@@ -66,10 +65,11 @@ def integrate_action_deltas(deltas: np.ndarray, state: np.ndarray) -> np.ndarray
 
 
 class EpisodicDataset(torch.utils.data.Dataset):
-    """Steps of HDF5 episodes as samples.
+    """Steps of episodes (ACT HDF5 files and LeRobot episodes, see ``data_utils.episode_source``) as samples.
 
     Args:
-        dataset_path_list: all episode files (flattened over dataset dirs).
+        dataset_path_list: all episodes (flattened over dataset dirs): HDF5 paths and/or LeRobot
+            references ``<root>#episode=<i>``.
         camera_names: image keys, in the order the model sees them.
         norm_stats: statistics used to normalise state and action.
         episode_ids: which entries of ``dataset_path_list`` belong to this split.
@@ -170,19 +170,16 @@ class EpisodicDataset(torch.utils.data.Dataset):
         ``images`` is ``(num_cams, H, W, 3)`` uint8 as stored, or a list of ``(H_i, W_i, 3)`` frames when the
         cameras' resolutions differ.
         """
-        path = self.dataset_path_list[episode_id]
-        with h5py.File(path, "r") as root:
-            is_sim = bool(root.attrs.get("sim", False))
-            episode_len = root[ACTION_KEY].shape[0]
-            action_start = chunk_start(start_ts, is_sim)
-            action_end = min(episode_len, action_start + self.chunk_size)
-            action = root[ACTION_KEY][action_start:action_end]
-            qpos = root[QPOS_KEY][start_ts].astype(np.float32)
+        with open_episode(self.dataset_path_list[episode_id]) as episode:
+            action_start = chunk_start(start_ts, episode.is_sim)
+            action_end = min(episode.length, action_start + self.chunk_size)
+            action = episode.action(action_start, action_end)
+            qpos = np.asarray(episode.qpos(start_ts, start_ts + 1)[0], dtype=np.float32)
             # delta_control: relative to this frame's (float32, as deployment sees it) state.
             action = chunk_action_deltas(action, qpos) if self.delta_control else action.astype(np.float32)
-            frames = [read_frame(root, camera, start_ts) for camera in self.camera_names]
-            raw_lang = read_language(root)
-            reasoning = read_reasoning(root, start_ts)
+            frames = [episode.frame(camera, start_ts) for camera in self.camera_names]
+            raw_lang = episode.language(start_ts)
+            reasoning = episode.reasoning(start_ts)
         padded = np.zeros((self.chunk_size, action.shape[1]), dtype=np.float32)
         padded[: len(action)] = action
         is_pad = np.zeros(self.chunk_size, dtype=bool)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import h5py
 import numpy as np
 
 from data_utils.check_data_integrity import (
@@ -15,6 +14,7 @@ from data_utils.check_data_integrity import (
     reasoning_warning,
 )
 from data_utils.dataset import EpisodicDataset, SampleProcessor, chunk_start, training_crop_ratio
+from data_utils.episode_source import episode_length, find_episodes, open_episode
 from data_utils.hdf5_io import ACTION_KEY, QPOS_KEY, find_all_hdf5
 from data_utils.normalization import STD_FLOOR, NormStats, RunningStats, minmax_bounds
 
@@ -64,10 +64,10 @@ def get_norm_stats(
     action_stats, qpos_stats = RunningStats(), RunningStats()
     lengths: list[int] = []
     for path in dataset_path_list:
-        with h5py.File(path, "r") as root:
-            action = root[ACTION_KEY][()].astype(np.float64)
-            qpos = root[QPOS_KEY][()].astype(np.float64)
-            is_sim = bool(root.attrs.get("sim", False))
+        with open_episode(path) as episode:
+            action = np.asarray(episode.action(), dtype=np.float64)
+            qpos = np.asarray(episode.qpos(), dtype=np.float64)
+            is_sim = episode.is_sim
         if delta_control:
             if action.shape[1:] != qpos.shape[1:]:
                 raise ValueError(
@@ -150,13 +150,14 @@ def load_data(
     image_size = _data_arg(config, "image_size_stable", None)
     crop_ratio = training_crop_ratio(augment_images, policy_class)
 
-    path_lists = [find_all_hdf5(d, skip_mirrored_data, name_filter) for d in dataset_dir_l]
+    # HDF5 directories and LeRobot roots alike (data_utils.episode_source).
+    path_lists = [find_episodes(d, skip_mirrored_data, name_filter) for d in dataset_dir_l]
     num_episodes_l = [len(paths) for paths in path_lists]
     dataset_path_list = flatten_list(path_lists)
     stats_path_list = (
         dataset_path_list
         if stats_dir_l is None
-        else flatten_list([find_all_hdf5(d, skip_mirrored_data, name_filter) for d in stats_dir_l])
+        else flatten_list([find_episodes(d, skip_mirrored_data, name_filter) for d in stats_dir_l])
     )
 
     # Before the first step: shapes, finite values, one decoded frame per compressed camera; without an
@@ -187,10 +188,7 @@ def load_data(
     if stats_dir_l is None:
         all_episode_len = stats_lengths
     else:
-        all_episode_len = []
-        for path in dataset_path_list:
-            with h5py.File(path, "r") as root:
-                all_episode_len.append(int(root[ACTION_KEY].shape[0]))
+        all_episode_len = [episode_length(ref) for ref in dataset_path_list]
 
     # Split the main dataset; the others are training data in full.
     rng = np.random.default_rng(seed)

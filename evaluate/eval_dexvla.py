@@ -52,17 +52,31 @@ def parse_mapping(items: Sequence[str] | None, flag: str) -> dict[str, str]:
     return mapping
 
 
-def find_episodes(paths: Sequence[str]) -> list[Path]:
-    """Episode files from files and/or directories (searched recursively, sorted)."""
-    from data_utils.hdf5_io import find_all_hdf5
+def find_episodes(paths: Sequence[str]) -> list[str]:
+    """Episodes from HDF5 files, directories (searched recursively, sorted), LeRobot roots (all their
+    episodes) and LeRobot episode references ``<root>#episode=<i>``."""
+    from data_utils.episode_source import find_episodes as episodes_under
+    from data_utils.episode_source import lerobot_root, parse_lerobot_ref
 
-    found: list[Path] = []
+    found: list[str] = []
+    missing: list[str] = []
     for path in paths:
-        p = Path(path)
-        found += [Path(f) for f in find_all_hdf5(p)] if p.is_dir() else [p]
-    missing = [str(p) for p in found if not p.exists()]
+        parsed = parse_lerobot_ref(path)
+        if parsed is not None:
+            try:
+                lerobot_root(parsed[0]).episode(parsed[1])
+            except (OSError, ValueError) as err:
+                missing.append(f"{path} ({err})")
+                continue
+            found.append(path)
+        elif Path(path).is_dir():
+            found += episodes_under(path)
+        elif Path(path).exists():
+            found.append(path)
+        else:
+            missing.append(path)
     if missing:
-        raise SystemExit(f"--episodes: no such file(s): {missing}")
+        raise SystemExit(f"--episodes: no such episode(s): {missing}")
     return found
 
 
@@ -116,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--max_steps", type=int, default=None, help="steps per episode (default: robot's)")
     loop.add_argument("--camera_map", nargs="*", default=None, metavar="POLICY_CAM=SOURCE_CAM")
     replay = parser.add_argument_group("replay")
-    replay.add_argument("--episodes", nargs="*", default=None, help="HDF5 episodes or directories")
+    replay.add_argument(
+        "--episodes", nargs="*", default=None,
+        help="HDF5 episodes or directories, LeRobot roots, or LeRobot episodes ROOT#episode=N",
+    )
     sim = parser.add_argument_group("aloha_sim")
     sim.add_argument("--task", default="transfer_cube", choices=["transfer_cube", "insertion"])
     sim.add_argument("--sim_height", type=int, default=240)

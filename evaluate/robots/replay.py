@@ -12,16 +12,16 @@ frame ``t`` is that action minus ``qpos[t]``, which deployment adds back to the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from data_utils.dataset import chunk_start
-from data_utils.hdf5_io import ACTION_KEY, QPOS_KEY, read_frame, read_language
+from data_utils.episode_source import Episode, open_episode
 from evaluate.robots.base import Observation, Robot, StepInfo, check_finite_action
 
 
@@ -34,7 +34,8 @@ class ReplayRobot(Robot):
     """Plays ``episode_paths`` one after another (each ``reset()`` starts the next one).
 
     Args:
-        episode_paths: ACT-layout HDF5 episodes.
+        episode_paths: ACT-layout HDF5 episodes and/or LeRobot episodes (``<root>#episode=<i>``, see
+            ``data_utils.episode_source``).
         camera_names: cameras the policy needs, in its order.
         camera_map: ``{policy camera: recorded camera}`` where their names differ (default: same names).
         prompt: instruction for every frame (default: the episode's ``language_raw``).
@@ -53,13 +54,15 @@ class ReplayRobot(Robot):
     ) -> None:
         if not episode_paths:
             raise ValueError("ReplayRobot needs at least one episode")
-        self.episode_paths = [Path(p) for p in episode_paths]
+        self.episode_refs = [os.fspath(p) for p in episode_paths]
+        self.episode_paths = [Path(p) for p in self.episode_refs]
         self.camera_names = list(camera_names)
         self.camera_map = {cam: (camera_map or {}).get(cam, cam) for cam in self.camera_names}
         self.prompt = prompt
         self.max_steps = max_steps
         self._episode = -1
-        self._file: h5py.File | None = None
+        self._file: Episode | None = None
+        self._open = contextlib.ExitStack()
         self._t = 0
         self.executed: list[np.ndarray] = []
 
@@ -76,19 +79,23 @@ class ReplayRobot(Robot):
         self._episode += 1
         if self._episode >= len(self.episode_paths):
             raise RuntimeError(f"all {len(self.episode_paths)} recorded episodes have been replayed")
-        path = self.episode_path
-        self._file = h5py.File(path, "r")
-        images = self._file["/observations/images"]
-        missing = [f"{cam} (recorded as {src!r})" for cam, src in self.camera_map.items() if src not in images]
+        path = self.episode_refs[self._episode]
+        self._file = self._open.enter_context(open_episode(path))
+        missing = []
+        for cam, src in self.camera_map.items():
+            try:
+                self._file.frame(src, 0)
+            except (KeyError, ValueError) as err:  # HDF5: no such dataset; LeRobot: no such feature
+                missing.append(f"{cam} (recorded as {src!r}: {err})")
         if missing:
-            raise KeyError(f"{path}: no camera {missing}; it has {sorted(images)} (map cameras with --camera_map)")
-        action = self._file[ACTION_KEY][()].astype(np.float32)
-        self.is_sim = bool(self._file.attrs.get("sim", False))
+            raise KeyError(f"{path}: no camera {missing} (map cameras with --camera_map)")
+        action = np.asarray(self._file.action(), dtype=np.float32)
+        self.is_sim = self._file.is_sim
         self.actions = action
         self.targets = recorded_targets(action, self.is_sim)
-        self.qpos = self._file[QPOS_KEY][()].astype(np.float32)
+        self.qpos = np.asarray(self._file.qpos(), dtype=np.float32)
         self.length = len(action) if self.max_steps is None else min(len(action), int(self.max_steps))
-        self.instruction = self.prompt if self.prompt is not None else read_language(self._file)
+        self.instruction = self.prompt if self.prompt is not None else self._file.language(0)
         self._t = 0
         self.executed = []
         return self.get_obs()
@@ -98,7 +105,7 @@ class ReplayRobot(Robot):
             raise RuntimeError("call reset() first")
         t = min(self._t, self.length - 1)
         return {
-            "images": {cam: read_frame(self._file, src, t) for cam, src in self.camera_map.items()},
+            "images": {cam: self._file.frame(src, t) for cam, src in self.camera_map.items()},
             "state": self.qpos[t].copy(),
             "prompt": self.instruction,
         }
@@ -117,7 +124,7 @@ class ReplayRobot(Robot):
         return StepInfo(done=self._t >= self.length)
 
     def episode_summary(self) -> dict[str, Any]:
-        return {"episode": str(self.episode_path), "steps": len(self.executed), "sim": self.is_sim}
+        return {"episode": self.episode_refs[self._episode], "steps": len(self.executed), "sim": self.is_sim}
 
     def executed_and_recorded(self) -> tuple[np.ndarray, np.ndarray]:
         """``(N, action_dim)`` commanded and recorded actions of the steps played so far."""
@@ -125,9 +132,8 @@ class ReplayRobot(Robot):
         return executed, self.targets[: len(executed)]
 
     def _close_file(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._open.close()
+        self._file = None
 
     def close(self) -> None:
         self._close_file()
