@@ -30,7 +30,7 @@ import qwen2_vla  # noqa: F401  (registers qwen2_vla with the Auto classes)
 from aloha_scripts.constants import get_task_config
 from data_utils.data_collator import Qwen2VLADataCollatorForSupervisedDataset
 from data_utils.dataset import training_crop_ratio
-from data_utils.normalization import STATS_FILE_NAME, NormStats
+from data_utils.normalization import QUANTILE_FIELDS, STATS_FILE_NAME, NormStats
 from data_utils.utils import load_data
 from policy_heads import build_policy_head_config
 from qwen2_vla.arguments import (
@@ -286,12 +286,15 @@ def check_resumed_stats(checkpoint_dir: str, stats: NormStats) -> None:
             f"{stats.state_dim} now"
         )
     else:
-        for name in ("action_mean", "action_std", "action_min", "action_max", "qpos_mean", "qpos_std"):
+        for name in ("action_mean", "action_std", "action_min", "action_max", "qpos_mean", "qpos_std", *QUANTILE_FIELDS):
             old, new = getattr(saved, name), getattr(stats, name)
+            if old is None or new is None:  # quantiles absent on one side: the modes below differ
+                continue
             if not np.allclose(old, new, rtol=STATS_RTOL, atol=STATS_ATOL):
                 index = int(np.argmax(np.abs(old - new)))
                 differences.append(f"{name}[{index}] {old[index]:.6g} in the checkpoint, {new[index]:.6g} now")
-    for name in ("num_episodes", "num_steps", "chunk_size", "delta_control"):
+    for name in ("num_episodes", "num_steps", "chunk_size", "delta_control", "action_normalization",
+                 "state_normalization", "stats_source"):
         if getattr(saved, name) != getattr(stats, name):
             differences.append(f"{name} {getattr(saved, name)} in the checkpoint, {getattr(stats, name)} now")
     if differences:
@@ -356,6 +359,7 @@ def prepare(
         seed=training_args.seed,
         state_dim=head_args.state_dim,
         action_dim=head_args.action_dim,
+        lerobot_features=task_config["lerobot_features"],
     )
     resumed = resume_checkpoint_dir(training_args)
     if resumed is not None:

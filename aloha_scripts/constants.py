@@ -61,7 +61,9 @@ TASK_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 REQUIRED_TASK_KEYS = ("dataset_dir", "episode_len", "camera_names")
-OPTIONAL_TASK_KEYS = ("stats_dir", "sample_weights", "train_ratio", "name_filter")
+# lerobot_features: {"state" | "action" | "reasoning": LeRobot feature key}, for the task's LeRobot roots
+# (defaults: observation.state, action, observation.reasoning when present; see data_utils/episode_source.py).
+OPTIONAL_TASK_KEYS = ("stats_dir", "sample_weights", "train_ratio", "name_filter", "lerobot_features")
 
 
 def _resolve_dirs(dirs: Sequence[str | os.PathLike] | str | os.PathLike, task_name: str, key: str) -> list[str]:
@@ -99,6 +101,17 @@ def get_task_config(task_name: str, task_configs: dict[str, dict[str, Any]] | No
     config.setdefault("sample_weights", None)
     config.setdefault("train_ratio", 0.999)
     config.setdefault("name_filter", None)
+    config.setdefault("lerobot_features", None)
+    features = config["lerobot_features"]
+    if features is not None:
+        from data_utils.episode_source import LEROBOT_FEATURE_ROLES
+
+        wrong = sorted(set(features) - set(LEROBOT_FEATURE_ROLES))
+        if wrong or not all(isinstance(v, str) and v for v in features.values()):
+            raise ValueError(
+                f"TASK_CONFIGS[{task_name!r}]: lerobot_features must map roles {list(LEROBOT_FEATURE_ROLES)} to "
+                f"feature keys (strings), got {features!r}"
+            )
     weights = config["sample_weights"]
     if weights is not None and len(weights) != len(config["dataset_dir"]):
         raise ValueError(

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from data_utils.episode_source import open_episode
+from data_utils.episode_source import lerobot_feature_config, open_episode, restore_lerobot_features
 from data_utils.image_utils import DEFAULT_CROP_RATIO, CameraImageTransform, parse_image_size
 from data_utils.normalization import NormStats
 
@@ -139,6 +139,8 @@ class EpisodicDataset(torch.utils.data.Dataset):
         self.use_reasoning = use_reasoning
         self.seed = seed
         self.epoch = 0
+        # The feature keys LeRobot roots are read with (TASK_CONFIGS "lerobot_features"), as configured now.
+        self.lerobot_features = lerobot_feature_config()
         if delta_control != norm_stats.delta_control:
             raise ValueError(
                 f"delta_control={delta_control} but the statistics were computed with "
@@ -148,6 +150,11 @@ class EpisodicDataset(torch.utils.data.Dataset):
             f"EpisodicDataset: {len(self.episode_ids)} episodes, {len(self)} steps, "
             f"augment_images={self.augment_images}, delta_control={delta_control}"
         )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A worker started by spawn (not fork) must read LeRobot roots with the task's feature keys too.
+        restore_lerobot_features(state.get("lerobot_features", {}))
+        self.__dict__.update(state)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by accelerate's data loader each epoch; changes the augmentation draws."""

@@ -21,7 +21,7 @@ lists either kind for a ``TASK_CONFIGS`` ``dataset_dir``; the format is detected
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import h5py
@@ -33,8 +33,12 @@ from data_utils.lerobot_io import LeRobotRoot, is_lerobot_root, recorded_sim
 LEROBOT_REF_SEPARATOR = "#episode="
 LEROBOT_CAMERA_PREFIX = "observation.images."
 
-# LeRobotRoot objects per process (metadata is read once; each keeps its own decoders and caches).
-_ROOTS: dict[tuple[int, str], LeRobotRoot] = {}
+# LeRobotRoot objects by root (metadata is read once; a forked DataLoader worker inherits them, and each
+# LeRobotRoot drops its decoders and caches when it finds itself in a new process).
+_ROOTS: dict[str, LeRobotRoot] = {}
+# Feature keys per root (absolute path) where a task overrides the defaults (TASK_CONFIGS "lerobot_features").
+_FEATURES: dict[str, dict[str, str]] = {}
+LEROBOT_FEATURE_ROLES = ("state", "action", "reasoning")
 
 
 def lerobot_episode_ref(root: str | os.PathLike, episode_index: int) -> str:
@@ -50,12 +54,36 @@ def parse_lerobot_ref(ref: str) -> tuple[str, int] | None:
     return root, int(index)
 
 
+def configure_lerobot_features(root: str | os.PathLike, features: Mapping[str, str] | None) -> None:
+    """Read ``root``'s state/action/reasoning from the given feature keys (``{"state": key, ...}``; None: defaults)."""
+    path = os.path.abspath(os.fspath(root))
+    features = dict(features or {})
+    unknown = sorted(set(features) - set(LEROBOT_FEATURE_ROLES))
+    if unknown:
+        raise ValueError(f"lerobot_features: unknown role(s) {unknown}; roles are {list(LEROBOT_FEATURE_ROLES)}")
+    if _FEATURES.get(path, {}) != features:
+        _FEATURES[path] = features
+        _ROOTS.pop(path, None)
+
+
+def lerobot_feature_config() -> dict[str, dict[str, str]]:
+    """Every root's feature overrides (a copy), for handing to a spawned worker (:func:`restore_lerobot_features`)."""
+    return {root: dict(features) for root, features in _FEATURES.items()}
+
+
+def restore_lerobot_features(config: Mapping[str, Mapping[str, str]]) -> None:
+    for root, features in config.items():
+        configure_lerobot_features(root, features)
+
+
 def lerobot_root(root: str | os.PathLike) -> LeRobotRoot:
-    """The (per-process cached) :class:`LeRobotRoot` of ``root``."""
-    key = (os.getpid(), os.path.abspath(os.fspath(root)))
-    cached = _ROOTS.get(key)
+    """The (cached) :class:`LeRobotRoot` of ``root``, reading the features it is configured with."""
+    path = os.path.abspath(os.fspath(root))
+    cached = _ROOTS.get(path)
     if cached is None:
-        cached = _ROOTS[key] = LeRobotRoot(root)
+        features = _FEATURES.get(path, {})
+        kwargs = {f"{role}_key": features[role] for role in LEROBOT_FEATURE_ROLES if role in features}
+        cached = _ROOTS[path] = LeRobotRoot(root, **kwargs)
     return cached
 
 
@@ -217,11 +245,14 @@ __all__ = [
     "Episode",
     "LEROBOT_CAMERA_PREFIX",
     "episode_length",
+    "configure_lerobot_features",
     "find_episodes",
+    "lerobot_feature_config",
     "lerobot_camera_key",
     "lerobot_episode_ref",
     "lerobot_root",
     "open_episode",
     "parse_lerobot_ref",
+    "restore_lerobot_features",
     "split_by_format",
 ]

@@ -34,7 +34,7 @@ import io
 import json
 import math
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +206,13 @@ class _VideoReader:
 
     ``forward_frames``: a wanted frame at most this many frames after the last decoded one is reached
     by decoding on (no seek); further, or backwards, seeks to the keyframe before it.
+
+    Decoders that hold frames back (H.264/HEVC streams that signal reordering, as libx264 does even
+    with a GOP of 2; or frame threads) only output a frame once later packets are in. On a random read
+    the reader drains the decoder instead, right after the wanted frame's packet, rather than decoding
+    packets it will not use; the next read then seeks. When reads go in order (the wanted frame lies
+    just after the last one returned) it decodes on without draining, so in-order reading costs one
+    decode per frame.
     """
 
     def __init__(self, path: Path, threads: int, forward_frames: int) -> None:
@@ -218,12 +225,21 @@ class _VideoReader:
             raise LeRobotFormatError(f"{path}: no video stream")
         self.stream = self.container.streams.video[0]
         self.stream.codec_context.thread_count = threads
+        self.threads = threads
         self.time_base = float(self.stream.time_base)
         self.forward_frames = forward_frames
-        self._frames: Any = None  # the decode generator, positioned after self._last_time
-        self._last_time: float | None = None
+        self._packets: Any = None  # the demuxer, positioned after the last packet sent to the decoder
+        self._pending: deque[Any] = deque()  # frames out of the decoder, not looked at yet
+        self._last_time: float | None = None  # time of the last frame looked at
+        # The last frame returned and its time: a repeated read (several samples of one step, or a
+        # validation pass) gets a copy instead of a seek and a decode.
+        self._last_image: np.ndarray | None = None
+        self._last_image_time: float | None = None
+        # Work counters (benchmarks, tests): seeks, packets sent to the decoder, frames looked at, drains.
         self.seeks = 0
+        self.packets = 0
         self.decoded = 0
+        self.drains = 0
 
     def close(self) -> None:
         self.container.close()
@@ -237,38 +253,111 @@ class _VideoReader:
             return self.container.duration / 1_000_000
         return None
 
+    def _within(self, last: float | None, time: float, interval: float, tolerance: float) -> bool:
+        """Whether ``time`` lies after ``last`` by more than ``tolerance`` and at most ``forward_frames`` frames.
+
+        A time that rounds to just above ``last`` (e.g. 1.6 + 1.2 > 2.8) is that same frame, not the next one.
+        """
+        return last is not None and last + tolerance < time <= last + self.forward_frames * interval + tolerance
+
+    def _seek(self, time: float) -> None:
+        # Seek to the last keyframe at or before ``time``; PyAV flushes the decoder.
+        self.container.seek(max(0, math.floor(time / self.time_base)), stream=self.stream, backward=True)
+        self._packets = self.container.demux(self.stream)
+        self._pending.clear()
+        self._last_time = None
+        self.seeks += 1
+
+    def _wanted_in(self, frames: Any, time: float, tolerance: float) -> bool:
+        return any(f.pts is not None and abs(f.pts * self.time_base - time) <= tolerance for f in frames)
+
     def frame_at(self, time: float, interval: float) -> np.ndarray:
         """``(H, W, 3)`` uint8 RGB of the frame shown at ``time`` seconds (within 0.4 ``interval``)."""
         tolerance = TIMESTAMP_TOLERANCE_FRAMES * interval
-        last = self._last_time
-        if self._frames is None or last is None or not (last < time <= last + self.forward_frames * interval + tolerance):
-            # Seek to the last keyframe at or before the wanted frame, which lies within ``time +- tolerance``
-            # and is the only frame there (tolerance < half an interval). PyAV flushes the decoder.
-            self.container.seek(max(0, math.floor((time + tolerance) / self.time_base)), stream=self.stream, backward=True)
-            self._frames = self.container.decode(self.stream)
-            self._last_time = None
-            self.seeks += 1
-        for frame in self._frames:
-            self.decoded += 1
-            frame_time = frame.time
-            if frame_time is None:
-                continue
-            self._last_time = frame_time
-            if frame_time < time - tolerance:
-                continue
-            if frame_time > time + tolerance:
-                self._frames = None
+        if self._last_image is not None and abs(time - self._last_image_time) <= tolerance:
+            return self._last_image.copy()
+        drain = False
+        if self._packets is None or not self._within(self._last_time, time, interval, tolerance):
+            # The wanted frame lies within ``time +- tolerance`` and is the only frame there (tolerance <
+            # half an interval). Drain only on a random read, so that reading in order keeps decoding on.
+            drain = not self._within(self._last_image_time, time, interval, tolerance)
+            self._seek(time + tolerance)
+        while True:
+            while self._pending:
+                frame = self._pending.popleft()
+                self.decoded += 1
+                if frame.pts is None:
+                    continue
+                frame_time = frame.pts * self.time_base
+                self._last_time = frame_time
+                if frame_time < time - tolerance:
+                    continue
+                if frame_time > time + tolerance:
+                    self._packets = None
+                    raise LeRobotFormatError(
+                        f"{self.path}: no frame at {time:.6f} s (the next one is at {frame_time:.6f} s); "
+                        "the video skips frames or its timestamps disagree with the dataset's"
+                    )
+                # One swscale thread per decoder thread (workers already run in parallel; its default,
+                # one per CPU, halves the speed here); fast bilinear: the same pixels for a same-size
+                # conversion, the cheaper set-up.
+                image = frame.to_ndarray(format="rgb24", threads=self.threads, interpolation="FAST_BILINEAR")
+                self._last_image, self._last_image_time = image, frame_time
+                return image.copy()
+            if drain and self._packets is None:  # drained, and the wanted frame did not come out
+                raise LeRobotFormatError(f"{self.path}: no frame at {time:.6f} s though its packet was decoded")
+            packet = next(self._packets, None)
+            if packet is None:  # the demuxer's last (empty) packet has flushed the decoder
+                self._packets = None
+                end = self._last_time
                 raise LeRobotFormatError(
-                    f"{self.path}: no frame at {time:.6f} s (the next one is at {frame_time:.6f} s); "
-                    "the video skips frames or its timestamps disagree with the dataset's"
+                    f"{self.path}: the video ends (last frame at {end if end is None else f'{end:.6f}'} s) before "
+                    f"{time:.6f} s; it does not cover the episode's timestamps"
                 )
-            return frame.to_ndarray(format="rgb24")
-        self._frames = None
-        end = self._last_time
-        raise LeRobotFormatError(
-            f"{self.path}: the video ends (last frame at {end if end is None else f'{end:.6f}'} s) before {time:.6f} s; "
-            "it does not cover the episode's timestamps"
-        )
+            self._pending.extend(packet.decode())
+            self.packets += 1
+            if (
+                drain
+                and packet.pts is not None
+                and abs(packet.pts * self.time_base - time) <= tolerance
+                and not self._wanted_in(self._pending, time, tolerance)
+            ):
+                # The wanted frame is in but held back: drain it out; the decoder takes no packet after that.
+                self._pending.extend(self.stream.codec_context.decode(None))
+                self._packets = None
+                self.drains += 1
+
+
+class _DataFile:
+    """One open data parquet: its footer read once, and which row groups may hold an episode.
+
+    Writers put one episode (the library's writer, ours) or many (pandas ``to_parquet``) in a row
+    group; the ``episode_index`` column's statistics tell which groups to read, so reading an episode
+    costs its row groups, not the file's footer and a dataset scan each time.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.file = pq.ParquetFile(path)
+        self.names = set(self.file.schema_arrow.names)
+        meta = self.file.metadata
+        leaf = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == "episode_index"), None)
+        self.ranges: list[tuple[int, int] | None] = []
+        for group in range(meta.num_row_groups):
+            stats = None if leaf is None else meta.row_group(group).column(leaf).statistics
+            known = stats is not None and stats.has_min_max
+            self.ranges.append((int(stats.min), int(stats.max)) if known else None)
+
+    def read_episode(self, index: int, columns: Sequence[str]) -> pa.Table:
+        """Rows whose ``episode_index`` is ``index`` (in file order), only ``columns`` (which include it)."""
+        groups = [g for g, r in enumerate(self.ranges) if r is None or r[0] <= index <= r[1]]
+        table = self.file.read_row_groups(groups, columns=list(columns))
+        episode = table.column("episode_index")
+        if pc.all(pc.equal(episode, index)).as_py() is not True:
+            table = table.filter(pc.equal(episode, index))
+        return table
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class LeRobotRoot:
@@ -280,8 +369,11 @@ class LeRobotRoot:
         reasoning_key: per-frame string feature read as reasoning; default ``observation.reasoning``
             when the dataset has it (else no reasoning). Naming a missing key is an error.
         decoder_threads: FFmpeg threads per open video (DataLoader workers already run in parallel).
-        max_open_videos: open containers kept per process (least recently used ones are closed).
-        cache_episodes: episodes whose arrays (and image-feature columns) are kept per process.
+        max_open_videos: open containers (and open data parquets) kept per process (least recently used closed).
+        cache_episodes: episodes whose image-feature columns (encoded images, large) are kept per process.
+        cache_frames: frames of state/action/timestamps/text kept per process (whole episodes, least
+            recently used dropped first; about 150 bytes a frame for 14-joint state and action), so that
+            random access reads an episode's rows once per worker rather than once per sample.
 
     Cheap to construct (reads only metadata) and to pickle (caches are not carried).
     """
@@ -296,6 +388,7 @@ class LeRobotRoot:
         max_open_videos: int = 16,
         cache_episodes: int = 4,
         forward_frames: int = 4,
+        cache_frames: int = 100_000,
     ) -> None:
         self.root = Path(root)
         info_path = self.root / INFO_PATH
@@ -328,6 +421,7 @@ class LeRobotRoot:
         self.decoder_threads = int(decoder_threads)
         self.max_open_videos = int(max_open_videos)
         self.cache_episodes = int(cache_episodes)
+        self.cache_frames = int(cache_frames)
         self.forward_frames = int(forward_frames)
         self.task_names = self._load_tasks()
         self.episodes: list[LeRobotEpisode] = self._load_episodes()
@@ -474,6 +568,8 @@ class LeRobotRoot:
         self._videos: OrderedDict[Path, _VideoReader] = OrderedDict()
         self._arrays: OrderedDict[int, EpisodeArrays] = OrderedDict()
         self._image_columns: OrderedDict[tuple[int, str], list[Any]] = OrderedDict()
+        self._data_files: OrderedDict[Path, _DataFile] = OrderedDict()
+        self._cached_frames = 0
 
     def _check_pid(self) -> None:
         # After a fork the parent's containers share file offsets with the parent: never use them here.
@@ -484,8 +580,9 @@ class LeRobotRoot:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_videos", "_arrays", "_image_columns"):
+        for name in ("_videos", "_arrays", "_image_columns", "_data_files"):
             state[name] = OrderedDict()
+        state["_cached_frames"] = 0
         state["_pid"] = None
         return state
 
@@ -498,6 +595,8 @@ class LeRobotRoot:
         self._check_pid()
         for reader in self._videos.values():
             reader.close()
+        for data in self._data_files.values():
+            data.close()
         self._reset_caches()
 
     def _video(self, path: Path) -> _VideoReader:
@@ -513,17 +612,30 @@ class LeRobotRoot:
         self._videos.move_to_end(path)
         return reader
 
+    def _data_file(self, ep: LeRobotEpisode) -> _DataFile:
+        path = ep.data_path
+        data = self._data_files.get(path)
+        if data is None:
+            if not path.is_file():
+                raise LeRobotFormatError(f"{path}: data file of episode {ep.index} missing")
+            try:
+                data = _DataFile(path)
+            except (pa.ArrowException, OSError) as err:
+                raise LeRobotFormatError(f"{path}: not a readable parquet file ({type(err).__name__}: {err})") from err
+            self._data_files[path] = data
+            while len(self._data_files) > self.max_open_videos:
+                self._data_files.popitem(last=False)[1].close()
+        self._data_files.move_to_end(path)
+        return data
+
     def _episode_table(self, ep: LeRobotEpisode, columns: Sequence[str]) -> pa.Table:
         """Rows of episode ``ep`` (ordered by ``frame_index``), only ``columns``; checks the row count."""
         path = ep.data_path
-        if not path.is_file():
-            raise LeRobotFormatError(f"{path}: data file of episode {ep.index} missing")
-        schema = pq.read_schema(path)
-        missing = [c for c in (*columns, "episode_index", "frame_index") if c not in schema.names]
+        data = self._data_file(ep)
+        missing = [c for c in (*columns, "episode_index", "frame_index") if c not in data.names]
         if missing:
             raise LeRobotFormatError(f"{path}: column(s) {missing} missing (episode {ep.index})")
-        wanted = list(dict.fromkeys([*columns, "frame_index"]))
-        table = pq.read_table(path, columns=wanted, filters=[("episode_index", "=", ep.index)])
+        table = data.read_episode(ep.index, list(dict.fromkeys([*columns, "frame_index", "episode_index"])))
         frame_index = table.column("frame_index").to_numpy()
         order = np.argsort(frame_index, kind="stable")
         if table.num_rows != ep.length or not np.array_equal(frame_index[order], np.arange(ep.length)):
@@ -555,7 +667,12 @@ class LeRobotRoot:
             raise LeRobotFormatError(f"{source}: episode {ep.index} uses task_index {unknown}, absent from the tasks table")
         reasoning = None
         if self.reasoning_key is not None:
-            reasoning = ["" if s is None else str(s) for s in table.column(self.reasoning_key).to_pylist()]
+            # One string object per distinct text (sub-steps repeat over many frames): the cache stays small.
+            distinct: dict[str, str] = {}
+            reasoning = [
+                distinct.setdefault(text, text)
+                for text in ("" if s is None else str(s) for s in table.column(self.reasoning_key).to_pylist())
+            ]
         arrays = EpisodeArrays(
             state=_column_matrix(table, self.state_key, self.state_dim, source),
             action=_column_matrix(table, self.action_key, self.action_dim, source),
@@ -564,8 +681,9 @@ class LeRobotRoot:
             reasoning=reasoning,
         )
         self._arrays[int(index)] = arrays
-        while len(self._arrays) > self.cache_episodes:
-            self._arrays.popitem(last=False)
+        self._cached_frames += len(arrays.timestamp)
+        while len(self._arrays) > 1 and self._cached_frames > self.cache_frames:
+            self._cached_frames -= len(self._arrays.popitem(last=False)[1].timestamp)
         return arrays
 
     # ---- frames ---------------------------------------------------------------------------------

@@ -1,7 +1,14 @@
 """Normalisation statistics: the one place training and inference read them from.
 
-State (qpos) is z-scored; actions are min-max scaled to [-1, 1]. The statistics are stored as
-``dataset_stats.json`` (plain lists, no pickle) beside every checkpoint.
+By default (the reference's) state (qpos) is z-scored and actions are min-max scaled to [-1, 1].
+Either can instead be quantile-scaled (``action_normalization`` / ``state_normalization``
+``"quantile"``): the 1st and 99th percentiles map to -1 and 1, as openpi does for pi0-FAST / pi0.5
+(``src/openpi/transforms.py``, ``Normalize._normalize_quantile``):
+``x_norm = (x - q01) / (q99 - q01 + 1e-6) * 2 - 1``, inverse ``(x_norm + 1) / 2 * (q99 - q01 + 1e-6) + q01``.
+Values beyond the percentiles land outside [-1, 1] (not clipped), so one outlier barely moves the scale.
+
+The statistics and the modes are stored as ``dataset_stats.json`` (plain lists, no pickle) beside every
+checkpoint, so inference applies what training did. Format 1 files (no mode keys) read as min-max / z-score.
 """
 
 from __future__ import annotations
@@ -16,19 +23,39 @@ import numpy as np
 import torch
 
 STATS_FILE_NAME = "dataset_stats.json"
-STATS_FORMAT_VERSION = 1
+# 2: adds action_normalization / state_normalization / stats_source and the optional quantile arrays.
+STATS_FORMAT_VERSION = 2
+ACTION_NORMALIZATIONS = ("minmax", "quantile")
+STATE_NORMALIZATIONS = ("zscore", "quantile")
+# "data": our streamed pass over the episodes; "dataset_meta": LeRobot roots' meta/stats.json.
+STATS_SOURCES = ("data", "dataset_meta")
+# openpi's epsilon in the quantile scale's denominator (src/openpi/transforms.py).
+QUANTILE_EPS = 1e-6
+QUANTILE_LOW, QUANTILE_HIGH = 0.01, 0.99
+# Rows the streamed quantiles hold; more are subsampled (RunningQuantiles).
+QUANTILE_EXACT_MAX_ROWS = 2_000_000
+QUANTILE_SEED = 0
 # Floors and margins of the reference (data_utils/utils.py: get_norm_stats).
 STD_FLOOR = 1e-2
 MINMAX_MARGIN = 1e-4
 
 _ARRAY_FIELDS = ("action_mean", "action_std", "action_min", "action_max", "qpos_mean", "qpos_std")
+# Present only when some mode needs them (or the stats came from a source that has them).
+QUANTILE_FIELDS = ("action_q01", "action_q99", "qpos_q01", "qpos_q99")
 
 ArrayLike = np.ndarray | torch.Tensor
 
 
 @dataclass
 class NormStats:
-    """Per-dimension statistics of actions and states, plus what they were computed on."""
+    """Per-dimension statistics of actions and states, how they are applied, and what they were computed on.
+
+    ``action_normalization``: ``"minmax"`` (``action_min``/``action_max`` to [-1, 1]) or ``"quantile"``
+    (``action_q01``/``action_q99`` to [-1, 1]); ``state_normalization``: ``"zscore"`` (``qpos_mean``/
+    ``qpos_std``) or ``"quantile"`` (``qpos_q01``/``qpos_q99``). A quantile mode needs its two arrays;
+    ``stats_source`` says where the numbers came from (``"data"``: our streamed pass; ``"dataset_meta"``:
+    LeRobot ``meta/stats.json``).
+    """
 
     action_mean: np.ndarray
     action_std: np.ndarray
@@ -43,9 +70,25 @@ class NormStats:
     num_episodes: int = 0
     num_steps: int = 0
     format_version: int = STATS_FORMAT_VERSION
+    action_normalization: str = "minmax"
+    state_normalization: str = "zscore"
+    action_q01: np.ndarray | None = None
+    action_q99: np.ndarray | None = None
+    qpos_q01: np.ndarray | None = None
+    qpos_q99: np.ndarray | None = None
+    stats_source: str = "data"
 
     def __post_init__(self) -> None:
-        for name in _ARRAY_FIELDS:
+        for name, allowed in (
+            ("action_normalization", ACTION_NORMALIZATIONS),
+            ("state_normalization", STATE_NORMALIZATIONS),
+            ("stats_source", STATS_SOURCES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"NormStats.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        for name in _ARRAY_FIELDS + QUANTILE_FIELDS:
+            if getattr(self, name) is None:  # only quantile arrays may be absent (checked below)
+                continue
             value = np.asarray(getattr(self, name), dtype=np.float32)
             if value.ndim != 1:
                 raise ValueError(f"NormStats.{name} must be 1-D, got shape {value.shape}")
@@ -57,18 +100,35 @@ class NormStats:
             raise ValueError(
                 f"NormStats qpos_mean and qpos_std must have one length, found {len(self.qpos_mean)}, {len(self.qpos_std)}"
             )
+        for prefix, mode, width in (
+            ("action", self.action_normalization, self.action_dim),
+            ("qpos", self.state_normalization, self.state_dim),
+        ):
+            low, high = getattr(self, f"{prefix}_q01"), getattr(self, f"{prefix}_q99")
+            if (low is None) != (high is None):
+                raise ValueError(f"NormStats {prefix}_q01 and {prefix}_q99 come together; one of them is missing")
+            if low is None and mode == "quantile":
+                raise ValueError(
+                    f"NormStats: {'action' if prefix == 'action' else 'state'}_normalization='quantile' needs "
+                    f"{prefix}_q01 and {prefix}_q99 (missing)"
+                )
+            for name, value in ((f"{prefix}_q01", low), (f"{prefix}_q99", high)):
+                if value is not None and len(value) != width:
+                    raise ValueError(f"NormStats.{name} has length {len(value)}, expected {width} (like {prefix}_mean)")
         problems = self._invalid_values()
         if problems:
             raise ValueError(
                 "NormStats would not normalise to finite numbers (computed statistics floor the std at "
-                f"{STD_FLOOR} and keep max > min; recompute them from the data): " + "; ".join(problems)
+                f"{STD_FLOOR} and keep max > min, q99 > q01; recompute them from the data): " + "; ".join(problems)
             )
 
     def _invalid_values(self) -> list[str]:
         """One line per key whose (float32) values break the transforms, naming the offending indices."""
         problems: list[str] = []
-        for name in _ARRAY_FIELDS:
+        for name in _ARRAY_FIELDS + QUANTILE_FIELDS:
             values = getattr(self, name)
+            if values is None:
+                continue
             where = np.flatnonzero(~np.isfinite(values))
             if where.size:
                 problems.append(f"key '{name}': non-finite (in float32) at indices {_indices(where)}: {values[where]}")
@@ -77,13 +137,20 @@ class NormStats:
             where = np.flatnonzero(values <= 0)  # NaN compares False: reported above
             if where.size:
                 problems.append(f"key '{name}': std must be > 0, at indices {_indices(where)}: {values[where]}")
-        lo, hi = self.action_min, self.action_max
-        where = np.flatnonzero(np.isfinite(lo) & np.isfinite(hi) & (lo >= hi))
-        if where.size:
-            problems.append(
-                f"keys 'action_min'/'action_max': min must be < max, at indices {_indices(where)}: "
-                f"min {lo[where]} >= max {hi[where]}"
-            )
+        for low_name, high_name, what in (
+            ("action_min", "action_max", "min must be < max"),
+            ("action_q01", "action_q99", "q01 must be < q99"),
+            ("qpos_q01", "qpos_q99", "q01 must be < q99"),
+        ):
+            lo, hi = getattr(self, low_name), getattr(self, high_name)
+            if lo is None:
+                continue
+            where = np.flatnonzero(np.isfinite(lo) & np.isfinite(hi) & (lo >= hi))
+            if where.size:
+                problems.append(
+                    f"keys '{low_name}'/'{high_name}': {what}, at indices {_indices(where)}: "
+                    f"{low_name} {lo[where]} >= {high_name} {hi[where]}"
+                )
         return problems
 
     @property
@@ -96,8 +163,15 @@ class NormStats:
 
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready statistics, written in the current format (``STATS_FORMAT_VERSION``)."""
         out: dict[str, Any] = {name: getattr(self, name).tolist() for name in _ARRAY_FIELDS}
         out.update(
+            {name: getattr(self, name).tolist() for name in QUANTILE_FIELDS if getattr(self, name) is not None}
+        )
+        out.update(
+            action_normalization=self.action_normalization,
+            state_normalization=self.state_normalization,
+            stats_source=self.stats_source,
             camera_names=list(self.camera_names),
             state_dim=self.state_dim,
             action_dim=self.action_dim,
@@ -106,7 +180,7 @@ class NormStats:
             dataset_dirs=[str(d) for d in self.dataset_dirs],
             num_episodes=int(self.num_episodes),
             num_steps=int(self.num_steps),
-            format_version=int(self.format_version),
+            format_version=STATS_FORMAT_VERSION,
         )
         return out
 
@@ -115,18 +189,19 @@ class NormStats:
         """Statistics from ``to_dict``'s output; every problem raises an error naming ``source`` and the key.
 
         Values that would make normalisation divide by zero or give non-finite numbers (NaN/inf, std <= 0,
-        min >= max: a corrupted or hand-edited file) are refused.
+        min >= max, q01 >= q99: a corrupted or hand-edited file) are refused. A file without the mode keys
+        (format 1, written before quantile normalisation existed) reads as min-max actions, z-scored state.
         """
         if not isinstance(data, dict):
             raise ValueError(f"{source}: expected a JSON object of statistics, found {type(data).__name__}")
         missing = [k for k in _ARRAY_FIELDS if k not in data]
         if missing:
             raise KeyError(f"{source}: missing key(s) {missing}; a dataset_stats.json needs {list(_ARRAY_FIELDS)}")
-        version = int(data.get("format_version", STATS_FORMAT_VERSION))
+        version = int(data.get("format_version", 1))
         if version > STATS_FORMAT_VERSION:
             raise ValueError(f"{source}: format_version {version} is newer than this code ({STATS_FORMAT_VERSION})")
         arrays = {}
-        for key in _ARRAY_FIELDS:
+        for key in _ARRAY_FIELDS + tuple(k for k in QUANTILE_FIELDS if k in data):
             try:
                 with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below naming the key
                     arrays[key] = np.asarray(data[key], dtype=np.float32)
@@ -142,6 +217,9 @@ class NormStats:
                 num_episodes=int(data.get("num_episodes", 0)),
                 num_steps=int(data.get("num_steps", 0)),
                 format_version=version,
+                action_normalization=data.get("action_normalization", "minmax"),
+                state_normalization=data.get("state_normalization", "zscore"),
+                stats_source=data.get("stats_source", "data"),
             )
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from err
@@ -177,23 +255,47 @@ class NormStats:
 
     # ---- the transforms -----------------------------------------------------------------------
     def normalize_state(self, qpos: ArrayLike) -> ArrayLike:
-        """Z-score ``qpos`` of shape ``(..., state_dim)``."""
+        """``qpos (..., state_dim)`` z-scored, or quantile-scaled (``state_normalization``)."""
+        if self.state_normalization == "quantile":
+            return _quantile_normalize(qpos, self.qpos_q01, self.qpos_q99)
         mean, std = _like(self.qpos_mean, qpos), _like(self.qpos_std, qpos)
         return (qpos - mean) / std
 
     def unnormalize_state(self, state: ArrayLike) -> ArrayLike:
+        """Inverse of :meth:`normalize_state`."""
+        if self.state_normalization == "quantile":
+            return _quantile_unnormalize(state, self.qpos_q01, self.qpos_q99)
         mean, std = _like(self.qpos_mean, state), _like(self.qpos_std, state)
         return state * std + mean
 
     def normalize_action(self, action: ArrayLike) -> ArrayLike:
-        """Min-max scale ``action`` of shape ``(..., action_dim)`` to [-1, 1]."""
+        """``action (..., action_dim)`` scaled to [-1, 1] by min-max or by q01/q99 (``action_normalization``)."""
+        if self.action_normalization == "quantile":
+            return _quantile_normalize(action, self.action_q01, self.action_q99)
         lo, hi = _like(self.action_min, action), _like(self.action_max, action)
         return (action - lo) / (hi - lo) * 2 - 1
 
     def unnormalize_action(self, action: ArrayLike) -> ArrayLike:
         """Exact inverse of :meth:`normalize_action`."""
+        if self.action_normalization == "quantile":
+            return _quantile_unnormalize(action, self.action_q01, self.action_q99)
         lo, hi = _like(self.action_min, action), _like(self.action_max, action)
         return (action + 1) / 2 * (hi - lo) + lo
+
+
+def _quantile_span(q01: np.ndarray, q99: np.ndarray) -> np.ndarray:
+    """float32 ``q99 - q01 + QUANTILE_EPS`` (openpi's denominator), computed in float64."""
+    return np.asarray(q99.astype(np.float64) - q01.astype(np.float64) + QUANTILE_EPS, dtype=np.float32)
+
+
+def _quantile_normalize(x: ArrayLike, q01: np.ndarray, q99: np.ndarray) -> ArrayLike:
+    low, span = _like(q01, x), _like(_quantile_span(q01, q99), x)
+    return (x - low) / span * 2 - 1
+
+
+def _quantile_unnormalize(x: ArrayLike, q01: np.ndarray, q99: np.ndarray) -> ArrayLike:
+    low, span = _like(q01, x), _like(_quantile_span(q01, q99), x)
+    return (x + 1) / 2 * span + low
 
 
 def _indices(where: np.ndarray, limit: int = 20) -> str:
@@ -214,6 +316,24 @@ def minmax_bounds(lo: np.ndarray, hi: np.ndarray, margin: float = MINMAX_MARGIN)
     lo32[collapsed] = np.nextafter(lo32[collapsed], np.float32(-np.inf))
     hi32[collapsed] = np.nextafter(hi32[collapsed], np.float32(np.inf))
     return lo32, hi32
+
+
+def quantile_bounds(
+    q01: np.ndarray, q99: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(q01, q99)`` of shape ``(D,)``, always with q99 > q01.
+
+    Where the two percentiles coincide in float32 (a constant dimension, or one that holds a single value
+    in 98% of the rows, e.g. a gripper that rarely moves) the quantile scale would be ``1e-6`` wide and
+    blow its few other values up by ~1e6; those dimensions take the min-max bounds of ``lo``/``hi``
+    (:func:`minmax_bounds`) instead: a constant dimension is widened exactly as min-max scaling widens it.
+    """
+    q01_32, q99_32 = np.asarray(q01, dtype=np.float32).copy(), np.asarray(q99, dtype=np.float32).copy()
+    collapsed = q99_32 <= q01_32
+    if collapsed.any():
+        lo32, hi32 = minmax_bounds(lo, hi)
+        q01_32[collapsed], q99_32[collapsed] = lo32[collapsed], hi32[collapsed]
+    return q01_32, q99_32
 
 
 def _like(array: np.ndarray, reference: ArrayLike) -> ArrayLike:
@@ -276,3 +396,94 @@ class RunningStats:
         denom = max(self.count - 1, 1)
         var = (self._sumsq - self.count * np.square(self.mean)) / denom
         return np.sqrt(np.clip(var, 0.0, None))
+
+
+class RunningQuantiles:
+    """Per-dimension quantiles of rows ``(N, D)``, optionally weighted by integer counts, over a streamed pass.
+
+    Exact while at most ``max_rows`` rows (default ``QUANTILE_EXACT_MAX_ROWS`` = 2,000,000) have been given:
+    the result is then ``np.quantile(np.repeat(rows, counts, axis=0), q, axis=0)`` (numpy's default
+    "linear" rule) of the float32 rows, i.e. a count weighs a row as if it were repeated. Beyond that
+    bound it is the same rule over a seeded uniform random subsample of ``max_rows`` of the given rows
+    (every row kept with equal probability: the ``max_rows`` smallest of i.i.d. uniform keys drawn from
+    ``seed`` in the order the rows arrive, so a pass over the same data in the same order gives the same
+    numbers), each kept row still weighted by its count -- an unbiased estimate of the weighted
+    distribution. Memory: rows are held in float32 with their keys and counts, at most ``1.5 * max_rows``
+    of them between compactions (~216 MB for ``D = 14``).
+    """
+
+    def __init__(self, max_rows: int = QUANTILE_EXACT_MAX_ROWS, seed: int = QUANTILE_SEED) -> None:
+        if max_rows <= 0:
+            raise ValueError(f"RunningQuantiles: max_rows must be positive, got {max_rows}")
+        self.max_rows = int(max_rows)
+        self.rows_seen = 0
+        self._rng = np.random.default_rng(seed)
+        self._rows: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+        self._keys: list[np.ndarray] = []
+        self._held = 0
+        self._dim: int | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Whether :meth:`quantiles` is exact (every row given is held)."""
+        return self.rows_seen <= self.max_rows
+
+    def update(self, rows: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Add ``rows (N, D)``; ``counts (N,)`` non-negative ints: how many times each row occurs (default 1)."""
+        rows = np.asarray(rows)
+        if rows.ndim != 2:
+            raise ValueError(f"RunningQuantiles.update expects (N, D) rows, got shape {rows.shape}")
+        if counts is None:
+            counts = np.ones(rows.shape[0], dtype=np.int64)
+        counts = np.asarray(counts)
+        if counts.shape != rows.shape[:1] or counts.dtype.kind not in "iu" or (counts < 0).any():
+            raise ValueError(f"RunningQuantiles.update: counts must be ({rows.shape[0]},) non-negative ints")
+        if self._dim is None:
+            self._dim = rows.shape[1]
+        elif rows.shape[1] != self._dim:
+            raise ValueError(f"RunningQuantiles: got {rows.shape[1]} dims after {self._dim}")
+        keep = counts > 0  # a row that never occurs is not part of the distribution
+        rows, counts = rows[keep], counts[keep].astype(np.int64)
+        if rows.shape[0] == 0:
+            return
+        self._rows.append(rows.astype(np.float32))
+        self._counts.append(counts)
+        self._keys.append(self._rng.random(rows.shape[0]))
+        self.rows_seen += rows.shape[0]
+        self._held += rows.shape[0]
+        if self._held > self.max_rows + self.max_rows // 2:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep the ``max_rows`` rows with the smallest keys (all of them when there are fewer)."""
+        rows, counts, keys = np.concatenate(self._rows), np.concatenate(self._counts), np.concatenate(self._keys)
+        if len(keys) > self.max_rows:
+            kept = np.sort(np.argpartition(keys, self.max_rows - 1)[: self.max_rows])
+            rows, counts, keys = rows[kept], counts[kept], keys[kept]
+        self._rows, self._counts, self._keys, self._held = [rows], [counts], [keys], len(keys)
+
+    def quantiles(self, qs: tuple[float, ...] = (QUANTILE_LOW, QUANTILE_HIGH)) -> np.ndarray:
+        """``(len(qs), D)`` float64 quantiles, ``qs`` in [0, 1]."""
+        if self.rows_seen == 0:
+            raise ValueError("RunningQuantiles: no rows given")
+        self._compact()
+        rows, counts = self._rows[0].astype(np.float64), self._counts[0]
+        qs_arr = np.asarray(qs, dtype=np.float64)
+        if (counts == 1).all():
+            return np.quantile(rows, qs_arr, axis=0)
+        # Weighted: positions h = q (N - 1) in the rows repeated by their counts (numpy's linear rule).
+        order = np.argsort(rows, axis=0, kind="stable")
+        values = np.take_along_axis(rows, order, axis=0)
+        ends = np.cumsum(counts[order], axis=0)  # (n, D): repeated index one past each sorted row's last copy
+        total = int(ends[-1, 0])
+        positions = qs_arr * (total - 1)
+        below = np.floor(positions).astype(np.int64)
+        frac = positions - below
+        above = np.minimum(below + 1, total - 1)
+        out = np.empty((len(qs_arr), rows.shape[1]))
+        for d in range(rows.shape[1]):
+            v_below = values[np.searchsorted(ends[:, d], below, side="right"), d]
+            v_above = values[np.searchsorted(ends[:, d], above, side="right"), d]
+            out[:, d] = v_below + frac * (v_above - v_below)
+        return out

@@ -14,11 +14,33 @@ from data_utils.check_data_integrity import (
     reasoning_warning,
 )
 from data_utils.dataset import EpisodicDataset, SampleProcessor, chunk_start, training_crop_ratio
-from data_utils.episode_source import episode_length, find_episodes, open_episode
+from data_utils.episode_source import configure_lerobot_features, episode_length, find_episodes, open_episode
 from data_utils.hdf5_io import ACTION_KEY, QPOS_KEY, find_all_hdf5
-from data_utils.normalization import STD_FLOOR, NormStats, RunningStats, minmax_bounds
+from data_utils.lerobot_io import is_lerobot_root
+from data_utils.normalization import (
+    ACTION_NORMALIZATIONS,
+    QUANTILE_EXACT_MAX_ROWS,
+    QUANTILE_HIGH,
+    QUANTILE_LOW,
+    QUANTILE_SEED,
+    STATE_NORMALIZATIONS,
+    STATS_SOURCES,
+    STD_FLOOR,
+    NormStats,
+    RunningQuantiles,
+    RunningStats,
+    minmax_bounds,
+    quantile_bounds,
+)
 
-__all__ = ["episode_delta_counts", "find_all_hdf5", "get_norm_stats", "load_data", "flatten_list"]
+__all__ = [
+    "episode_delta_counts",
+    "find_all_hdf5",
+    "flatten_list",
+    "get_meta_norm_stats",
+    "get_norm_stats",
+    "load_data",
+]
 
 
 def flatten_list(nested: Sequence[Sequence[Any]]) -> list[Any]:
@@ -52,16 +74,27 @@ def get_norm_stats(
     camera_names: Sequence[str] = (),
     chunk_size: int | None = None,
     dataset_dirs: Sequence[str] = (),
+    action_normalization: str = "minmax",
+    state_normalization: str = "zscore",
+    quantile_max_rows: int = QUANTILE_EXACT_MAX_ROWS,
+    quantile_seed: int = QUANTILE_SEED,
 ) -> tuple[NormStats, list[int]]:
     """Statistics of ``qpos`` and actions over all episodes, streamed one episode at a time (float64).
 
     With ``delta_control`` the action statistics are those of exactly the deltas the model trains on
     (:func:`episode_delta_counts`; they depend on ``chunk_size``, which is then required).
-    Returns the stats and each episode's length.
+    ``action_normalization="quantile"`` / ``state_normalization="quantile"`` add the 1st/99th
+    percentiles (:class:`~data_utils.normalization.RunningQuantiles`: exact up to ``quantile_max_rows``
+    rows -- 2,000,000 by default, counted as distinct delta rows under ``delta_control`` -- beyond that
+    from a uniform subsample seeded by ``quantile_seed``; delta rows weighted by how often training
+    draws them); they are computed only for a quantile mode. Returns the stats and each episode's length.
     """
     if delta_control and (chunk_size is None or chunk_size <= 0):
         raise ValueError(f"get_norm_stats: delta_control statistics depend on the chunk size; got chunk_size={chunk_size}")
+    _check_modes(action_normalization, state_normalization)
     action_stats, qpos_stats = RunningStats(), RunningStats()
+    action_q = RunningQuantiles(quantile_max_rows, quantile_seed) if action_normalization == "quantile" else None
+    qpos_q = RunningQuantiles(quantile_max_rows, quantile_seed) if state_normalization == "quantile" else None
     lengths: list[int] = []
     for path in dataset_path_list:
         with open_episode(path) as episode:
@@ -75,14 +108,24 @@ def get_norm_stats(
                     f"{action.shape} and '{QPOS_KEY}' {qpos.shape} must have one width (action_dim == state_dim)"
                 )
             # The dataset takes the first delta from the float32 state (what deployment measures).
-            action_stats.update(*episode_delta_counts(action, qpos.astype(np.float32), is_sim, int(chunk_size)))
+            rows, counts = episode_delta_counts(action, qpos.astype(np.float32), is_sim, int(chunk_size))
         else:
-            action_stats.update(action)
+            rows, counts = action, None
+        action_stats.update(rows, counts)
         qpos_stats.update(qpos)
+        if action_q is not None:
+            action_q.update(rows, counts)
+        if qpos_q is not None:
+            qpos_q.update(qpos)
         lengths.append(len(action))
     if not lengths:
         raise ValueError("get_norm_stats: no episodes given")
     action_min, action_max = minmax_bounds(action_stats.min, action_stats.max)
+    quantiles: dict[str, np.ndarray] = {}
+    for prefix, accumulator, running in (("action", action_q, action_stats), ("qpos", qpos_q, qpos_stats)):
+        if accumulator is not None:
+            low, high = accumulator.quantiles((QUANTILE_LOW, QUANTILE_HIGH))
+            quantiles[f"{prefix}_q01"], quantiles[f"{prefix}_q99"] = quantile_bounds(low, high, running.min, running.max)
     stats = NormStats(
         action_mean=action_stats.mean,
         action_std=np.clip(action_stats.std, STD_FLOOR, np.inf),
@@ -96,6 +139,147 @@ def get_norm_stats(
         dataset_dirs=list(dataset_dirs),
         num_episodes=len(lengths),
         num_steps=int(sum(lengths)),
+        action_normalization=action_normalization,
+        state_normalization=state_normalization,
+        **quantiles,
+    )
+    return stats, lengths
+
+
+def _check_modes(action_normalization: str, state_normalization: str) -> None:
+    if action_normalization not in ACTION_NORMALIZATIONS:
+        raise ValueError(f"action_normalization must be one of {list(ACTION_NORMALIZATIONS)}, got {action_normalization!r}")
+    if state_normalization not in STATE_NORMALIZATIONS:
+        raise ValueError(f"state_normalization must be one of {list(STATE_NORMALIZATIONS)}, got {state_normalization!r}")
+
+
+def _meta_feature_stats(root: Any, key: str, width: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{stat: (width,) float64}`` of feature ``key`` in ``root``'s ``meta/stats.json``, plus ``count``."""
+    path = root.root / "meta" / "stats.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; --norm_stats_source dataset_meta reads it (use data instead)")
+    stats = root.read_stats()
+    if key not in stats:
+        raise KeyError(f"{path}: no statistics of feature '{key}' (features there: {sorted(stats)})")
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name not in stats[key]:
+            hint = " (LeRobot's augment_dataset_quantile_stats.py adds them)" if name.startswith("q") else ""
+            raise KeyError(f"{path}: feature '{key}' has no '{name}' statistic{hint}; or use --norm_stats_source data")
+        value = np.asarray(stats[key][name], dtype=np.float64).reshape(-1)
+        if value.shape != (width,):
+            raise ValueError(f"{path}: '{key}' statistic '{name}' has shape {value.shape}, expected ({width},)")
+        if not np.isfinite(value).all():
+            raise ValueError(f"{path}: '{key}' statistic '{name}' has non-finite values: {value}")
+        out[name] = value
+    count = np.asarray(stats[key].get("count", [root.total_frames]), dtype=np.float64).reshape(-1)
+    if count.shape != (1,) or not count[0] > 0:
+        raise ValueError(f"{path}: '{key}' statistic 'count' must be one positive number, got {count}")
+    out["count"] = count
+    return out
+
+
+def _combine_meta_stats(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One root's statistics from several, by LeRobot's own rule (``aggregate_feature_stats``).
+
+    Means weighted by frame counts, the (population) variance by the parallel formula: both exact.
+    ``min``/``max``: min of mins, max of maxes (exact). Quantiles: the frame-weighted average of each
+    root's quantiles -- an approximation (the 1st percentile of a union is not the average of the 1st
+    percentiles), and ``meta/stats.json``'s own quantiles are already such averages over episodes.
+    """
+    counts = np.array([p["count"][0] for p in parts])
+    weights = counts / counts.sum()
+    mean = sum(w * p["mean"] for w, p in zip(weights, parts, strict=True))
+    out = {"mean": mean, "count": np.array([counts.sum()])}
+    if "std" in parts[0]:
+        spread = (w * (np.square(p["std"]) + np.square(p["mean"] - mean)) for w, p in zip(weights, parts, strict=True))
+        out["std"] = np.sqrt(sum(spread))
+    if "min" in parts[0]:
+        out["min"] = np.min([p["min"] for p in parts], axis=0)
+        out["max"] = np.max([p["max"] for p in parts], axis=0)
+    for name in ("q01", "q99"):
+        if name in parts[0]:
+            out[name] = sum(w * p[name] for w, p in zip(weights, parts, strict=True))
+    return out
+
+
+def get_meta_norm_stats(
+    stats_dirs: Sequence[str],
+    dataset_path_list: Sequence[str],
+    delta_control: bool = False,
+    camera_names: Sequence[str] = (),
+    chunk_size: int | None = None,
+    dataset_dirs: Sequence[str] = (),
+    action_normalization: str = "minmax",
+    state_normalization: str = "zscore",
+) -> tuple[NormStats, list[int]]:
+    """Statistics read from the ``meta/stats.json`` of LeRobot roots ``stats_dirs`` (``--norm_stats_source dataset_meta``).
+
+    Every directory must be a LeRobot root (else a ``ValueError`` naming it). The root's configured state
+    and action features are read; with several roots their statistics are combined by LeRobot's rule
+    (:func:`_combine_meta_stats`: exact means/stds/min/max, frame-weighted averages of quantiles, which
+    approximate). As in our pass, the stds are floored at ``STD_FLOOR`` and min/max widened by the
+    margin; LeRobot's std is the population std (ours: unbiased; they differ by ``sqrt(N / (N - 1))``).
+    ``meta/stats.json`` covers each whole root: a task's ``name_filter`` does not change it.
+    ``delta_control`` is refused: the file describes absolute actions, not the deltas trained on.
+    Returns the stats and the length of each episode of ``dataset_path_list``.
+    """
+    from data_utils.episode_source import lerobot_root  # the per-process roots, with the task's feature keys
+    from data_utils.lerobot_io import is_lerobot_root
+
+    _check_modes(action_normalization, state_normalization)
+    if delta_control:
+        raise ValueError(
+            "norm_stats_source='dataset_meta' cannot be used with delta_control=True: meta/stats.json holds "
+            "statistics of absolute actions, not of the deltas trained on; use --norm_stats_source data"
+        )
+    if not stats_dirs:
+        raise ValueError("get_meta_norm_stats: no dataset directories given")
+    for directory in stats_dirs:
+        if not is_lerobot_root(directory):
+            raise ValueError(
+                f"norm_stats_source='dataset_meta' reads LeRobot meta/stats.json, but {directory} is not a LeRobot "
+                "dataset root (no meta/info.json); use --norm_stats_source data for HDF5 directories"
+            )
+    action_names = ("mean", "std", "min", "max") + (("q01", "q99") if action_normalization == "quantile" else ())
+    state_names = ("mean", "std", "min", "max") + (("q01", "q99") if state_normalization == "quantile" else ())
+    action_parts, state_parts = [], []
+    for directory in stats_dirs:
+        root = lerobot_root(directory)
+        action_parts.append(_meta_feature_stats(root, root.action_key, root.action_dim, action_names))
+        state_parts.append(_meta_feature_stats(root, root.state_key, root.state_dim, state_names))
+    widths = {(p["mean"].shape[0], q["mean"].shape[0]) for p, q in zip(action_parts, state_parts, strict=True)}
+    if len(widths) != 1:
+        raise ValueError(
+            f"norm_stats_source='dataset_meta': roots {list(stats_dirs)} have different (action, state) widths "
+            f"{sorted(widths)}"
+        )
+    action, state = _combine_meta_stats(action_parts), _combine_meta_stats(state_parts)
+    action_min, action_max = minmax_bounds(action["min"], action["max"])
+    quantiles: dict[str, np.ndarray] = {}
+    for prefix, combined in (("action", action), ("qpos", state)):
+        if "q01" in combined:
+            quantiles[f"{prefix}_q01"], quantiles[f"{prefix}_q99"] = quantile_bounds(
+                combined["q01"], combined["q99"], combined["min"], combined["max"]
+            )
+    lengths = [episode_length(ref) for ref in dataset_path_list]
+    stats = NormStats(
+        action_mean=action["mean"],
+        action_std=np.clip(action["std"], STD_FLOOR, np.inf),
+        action_min=action_min,
+        action_max=action_max,
+        qpos_mean=state["mean"],
+        qpos_std=np.clip(state["std"], STD_FLOOR, np.inf),
+        camera_names=list(camera_names),
+        chunk_size=chunk_size,
+        delta_control=False,
+        dataset_dirs=list(dataset_dirs),
+        num_episodes=len(lengths),
+        num_steps=int(sum(lengths)),
+        action_normalization=action_normalization,
+        state_normalization=state_normalization,
+        stats_source="dataset_meta",
+        **quantiles,
     )
     return stats, lengths
 
@@ -123,6 +307,7 @@ def load_data(
     seed: int = 0,
     state_dim: int | None = None,
     action_dim: int | None = None,
+    lerobot_features: dict[str, str] | None = None,
 ) -> tuple[EpisodicDataset, EpisodicDataset | None, NormStats, dict[str, dict[str, Any]]]:
     """Build train/val ``EpisodicDataset``s over ``dataset_dir_l`` (reference signature).
 
@@ -134,8 +319,10 @@ def load_data(
     without reasoning.
 
     ``config`` is the training script's ``all_config``; from its ``data_args`` this reads
-    ``delta_control``, ``episode_first``, ``use_reasoning``, ``augment_images`` and ``image_size_stable``
-    (every camera's frame is resized to it first) when present.
+    ``delta_control``, ``episode_first``, ``use_reasoning``, ``augment_images``, ``image_size_stable``
+    (every camera's frame is resized to it first), ``action_normalization``, ``state_normalization`` and
+    ``norm_stats_source`` (``"data"``: :func:`get_norm_stats` over the statistics episodes;
+    ``"dataset_meta"``: :func:`get_meta_norm_stats` of the statistics directories) when present.
 
     Returns ``(train_dataset, val_dataset or None, norm_stats, sampler_params)``.
     """
@@ -149,8 +336,20 @@ def load_data(
     augment_images = _data_arg(config, "augment_images", None)
     image_size = _data_arg(config, "image_size_stable", None)
     crop_ratio = training_crop_ratio(augment_images, policy_class)
+    modes = {
+        "action_normalization": _data_arg(config, "action_normalization", "minmax"),
+        "state_normalization": _data_arg(config, "state_normalization", "zscore"),
+    }
+    _check_modes(**modes)
+    norm_stats_source = _data_arg(config, "norm_stats_source", "data")
+    if norm_stats_source not in STATS_SOURCES:
+        raise ValueError(f"norm_stats_source must be one of {list(STATS_SOURCES)}, got {norm_stats_source!r}")
 
-    # HDF5 directories and LeRobot roots alike (data_utils.episode_source).
+    # HDF5 directories and LeRobot roots alike (data_utils.episode_source); lerobot_features (the task's
+    # "lerobot_features") names the state/action/reasoning features of its LeRobot roots.
+    for directory in [*dataset_dir_l, *(stats_dir_l or [])]:
+        if is_lerobot_root(directory):
+            configure_lerobot_features(directory, lerobot_features)
     path_lists = [find_episodes(d, skip_mirrored_data, name_filter) for d in dataset_dir_l]
     num_episodes_l = [len(paths) for paths in path_lists]
     dataset_path_list = flatten_list(path_lists)
@@ -159,6 +358,17 @@ def load_data(
         if stats_dir_l is None
         else flatten_list([find_episodes(d, skip_mirrored_data, name_filter) for d in stats_dir_l])
     )
+    stats_kwargs = dict(
+        delta_control=delta_control,
+        camera_names=camera_names,
+        chunk_size=chunk_size,
+        dataset_dirs=[str(d) for d in dataset_dir_l],
+        **modes,
+    )
+    meta_stats = None
+    if norm_stats_source == "dataset_meta":
+        # Before the (longer) checks: a directory that is not a LeRobot root is a configuration error.
+        meta_stats = get_meta_norm_stats(stats_dir_l or dataset_dir_l, stats_path_list, **stats_kwargs)
 
     # Before the first step: shapes, finite values, one decoded frame per compressed camera; without an
     # image size to resize to, a sample stacks its cameras' frames, so they must share one resolution.
@@ -178,13 +388,7 @@ def load_data(
         if missing:
             rank0_print(reasoning_warning(missing, len(dataset_path_list)))
 
-    norm_stats, stats_lengths = get_norm_stats(
-        stats_path_list,
-        delta_control=delta_control,
-        camera_names=camera_names,
-        chunk_size=chunk_size,
-        dataset_dirs=[str(d) for d in dataset_dir_l],
-    )
+    norm_stats, stats_lengths = meta_stats or get_norm_stats(stats_path_list, **stats_kwargs)
     if stats_dir_l is None:
         all_episode_len = stats_lengths
     else:
@@ -205,7 +409,8 @@ def load_data(
 
     rank0_print(
         f"load_data: {len(dataset_path_list)} episodes in {len(dataset_dir_l)} dir(s); "
-        f"train {len(train_ids)}, val {len(val_ids)}; stats over {len(stats_path_list)} episodes"
+        f"train {len(train_ids)}, val {len(val_ids)}; stats over {len(stats_path_list)} episodes "
+        f"(source {norm_stats_source}; actions {norm_stats.action_normalization}, state {norm_stats.state_normalization})"
     )
     common = dict(
         dataset_path_list=dataset_path_list,

@@ -32,6 +32,7 @@ import transformers
 from transformers.utils import is_torch_tf32_available
 
 from data_utils.image_utils import parse_image_size
+from data_utils.normalization import ACTION_NORMALIZATIONS, STATE_NORMALIZATIONS, STATS_SOURCES
 from policy_heads import POLICY_HEAD_CONFIGS, SCALEDP_PRESETS
 
 logger = logging.getLogger(__name__)
@@ -273,6 +274,25 @@ class DataArguments:
         default=None, metadata={"help": "Image augmentation; default: on for diffusion heads."}
     )
     skip_mirrored_data: bool = field(default=False, metadata={"help": "Skip episodes whose name says 'mirror'."})
+    # Not in the reference (its min-max / z-score are the defaults); recorded in dataset_stats.json for inference.
+    action_normalization: str = field(
+        default="minmax",
+        metadata={
+            "help": f"One of {list(ACTION_NORMALIZATIONS)}: actions scaled to [-1, 1] by their min/max (the "
+            "reference), or by their 1st/99th percentiles as openpi/pi0.5 (robust to outliers)."
+        },
+    )
+    state_normalization: str = field(
+        default="zscore",
+        metadata={"help": f"One of {list(STATE_NORMALIZATIONS)}: state z-scored (the reference) or q01/q99 to [-1, 1]."},
+    )
+    norm_stats_source: str = field(
+        default="data",
+        metadata={
+            "help": f"One of {list(STATS_SOURCES)}: statistics from a pass over the episodes, or read from the "
+            "meta/stats.json of LeRobot roots (every dataset dir must be one; not with --delta_control)."
+        },
+    )
     history_images_length: int = field(default=1, metadata={"help": _legacy_help("history_images_length")})
     # The reference defaulted lazy_preprocess to False, is_multimodal to False and image_aspect_ratio
     # to "square" (none of them read); the values here are what this code does / its scripts pass.
@@ -285,6 +305,18 @@ class DataArguments:
         _check_legacy_fields(self)
         if self.chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
+        for name, allowed in (
+            ("action_normalization", ACTION_NORMALIZATIONS),
+            ("state_normalization", STATE_NORMALIZATIONS),
+            ("norm_stats_source", STATS_SOURCES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
+        if self.norm_stats_source == "dataset_meta" and self.delta_control:
+            raise ValueError(
+                "norm_stats_source='dataset_meta' with delta_control=True: meta/stats.json describes absolute "
+                "actions, not the deltas trained on; use --norm_stats_source data"
+            )
         for name in ("image_size_stable", "image_size_wrist"):
             try:
                 parse_image_size(getattr(self, name))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -271,6 +272,42 @@ def _delta_control(run: Run) -> None:
     delta, absolute = run.prepare(delta_control=True), run.prepare()
     assert delta["norm_stats"].delta_control and not absolute["norm_stats"].delta_control
     assert not torch.equal(delta["train_dataset"][0]["action"], absolute["train_dataset"][0]["action"])
+
+
+@effect("action_normalization")
+def _action_normalization(run: Run) -> None:
+    quantile, minmax = run.prepare(action_normalization="quantile"), run.prepare()
+    stats = quantile["norm_stats"]
+    assert (stats.action_normalization, stats.state_normalization) == ("quantile", "zscore")
+    assert minmax["norm_stats"].action_normalization == "minmax" and minmax["norm_stats"].action_q01 is None
+    sample, reference = quantile["train_dataset"][0], minmax["train_dataset"][0]
+    assert not torch.equal(sample["action"], reference["action"]) and torch.equal(sample["state"], reference["state"])
+    with pytest.raises(ValueError, match="action_normalization='robust' is not one of"):
+        DataArguments(action_normalization="robust")
+
+
+@effect("state_normalization")
+def _state_normalization(run: Run) -> None:
+    quantile, zscore = run.prepare(state_normalization="quantile"), run.prepare()
+    assert quantile["norm_stats"].state_normalization == "quantile" and quantile["norm_stats"].qpos_q99 is not None
+    sample, reference = quantile["train_dataset"][0], zscore["train_dataset"][0]
+    assert not torch.equal(sample["state"], reference["state"]) and torch.equal(sample["action"], reference["action"])
+
+
+@effect("norm_stats_source")
+def _norm_stats_source(run: Run) -> None:
+    fixture = Path(__file__).parent / "data" / "lerobot_fixture"
+    run.monkeypatch.setitem(
+        TASK_CONFIGS, "lerobot_meta", {"dataset_dir": [str(fixture)], "episode_len": 30, "camera_names": CAMERAS}
+    )
+    meta = run.prepare(task_name="lerobot_meta", norm_stats_source="dataset_meta")["norm_stats"]
+    data = run.prepare(task_name="lerobot_meta")["norm_stats"]
+    assert (meta.stats_source, data.stats_source) == ("dataset_meta", "data")
+    # The fixture's meta/stats.json std is LeRobot's population std; the data pass's is unbiased.
+    assert not np.allclose(meta.action_std, data.action_std, rtol=1e-6)
+    np.testing.assert_allclose(meta.action_std, data.action_std * np.sqrt(74 / 75), rtol=1e-5)
+    with pytest.raises(ValueError, match="is not a LeRobot dataset root"):
+        run.prepare(norm_stats_source="dataset_meta")  # the tiny task is HDF5
 
 
 @effect("episode_first")

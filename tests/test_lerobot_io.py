@@ -249,3 +249,34 @@ def test_reads_v21_roots_with_h264(tmp_path: Path) -> None:
         for t in order:
             assert_frame_is(root.read_frame(key, e, t), 1, e, t)
     assert root.problems() == []
+
+
+def test_a_frame_read_twice_in_a_row_is_returned_twice() -> None:
+    # from_timestamp + timestamp can round to just past the frame's time (1.6 + 1.2 > 2.8): the reader
+    # once took that for the next frame and decoded on past it ("no frame at ...").
+    root = LeRobotRoot(FIXTURE)
+    for key in VIDEO_KEYS:
+        for e, length in enumerate(spec.EPISODE_LENGTHS):
+            for t in range(length):
+                first = root.read_frame(key, e, t)
+                np.testing.assert_array_equal(root.read_frame(key, e, t), first)
+                assert_frame_is(first, CAMERA_KEYS.index(key), e, t)
+
+
+def test_h264_random_reads_do_not_decode_past_the_wanted_frame(tmp_path: Path) -> None:
+    from data_utils.lerobot_io import _VideoReader
+
+    length, interval = 40, 1.0 / spec.FPS
+    video = tmp_path / "h264_g2.mp4"
+    # libx264 signals a reorder delay even with a keyframe every 2 frames: the decoder holds each frame
+    # back until the next packet is in, unless the reader drains it.
+    encode_video(video, (spec.frame(1, 0, t % spec.EPISODE_LENGTHS[0]) for t in range(length)), spec.FPS, codec="libx264", gop=2)
+    in_order = _VideoReader(video, threads=1, forward_frames=4)
+    expected = [in_order.frame_at(t * interval, interval) for t in range(length)]
+    assert in_order.seeks <= 2 and in_order.packets <= length + 2  # in order: decoded once, no re-seeking
+    at_random = _VideoReader(video, threads=1, forward_frames=4)
+    order = random.Random(0).choices(range(length), k=60)
+    for t in order:
+        np.testing.assert_array_equal(at_random.frame_at(t * interval, interval), expected[t], err_msg=str(t))
+    # 1.5 packets a read on average (keyframe, or keyframe + the frame); 2.5 without draining.
+    assert at_random.drains > 0 and at_random.packets <= 1.8 * len(order)

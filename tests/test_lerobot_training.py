@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +26,8 @@ from tests.test_train_vla import tiny_argv
 
 FIXTURE = Path(__file__).parent / "data" / "lerobot_fixture"
 TASK = "pytest_lerobot"
+# The fixture's cameras differ in resolution: samples resize them (as training's --image_size_stable does).
+SIZED = {"data_args": SimpleNamespace(image_size_stable="(56,56)")}
 
 
 def lerobot_task(*dirs: Path) -> dict:
@@ -96,3 +99,30 @@ def test_lerobot_problems_stop_training_before_the_first_step(tmp_path) -> None:
     problems = check_dirs([str(FIXTURE)], [*CAMERAS, "cam_low"], 14, 14, check_images=False)
     assert len(problems) == 1 and "cam_low" in problems[0]
     assert check_dirs([str(FIXTURE)], CAMERAS, 14, 14, check_images=True) == []
+
+
+def test_task_lerobot_features_override_the_default_keys(tmp_path) -> None:
+    from data_utils.episode_source import configure_lerobot_features
+
+    try:
+        # Train "action" on the state feature: the samples must carry the state's values as actions.
+        train, _, stats, _ = load_data(
+            [str(FIXTURE)], None, CAMERAS, 2, 2, 8, state_dim=14, action_dim=14, rank0_print=lambda *a: None,
+            lerobot_features={"action": "observation.state"}, train_ratio=1.0, config=SIZED,
+        )
+        ref = lerobot_episode_ref(FIXTURE, 0)
+        index = train.dataset_path_list.index(ref)
+        raw = train.load_raw_step(index, 5)
+        np.testing.assert_array_equal(raw["action"][0], spec.state(0)[5])
+        np.testing.assert_allclose(stats.action_mean, stats.qpos_mean, rtol=1e-6)
+        # The setting travels with the dataset to a spawned worker (pickled, restored on load).
+        import pickle
+
+        configure_lerobot_features(FIXTURE, None)
+        restored = pickle.loads(pickle.dumps(train))
+        np.testing.assert_array_equal(restored.load_raw_step(index, 5)["action"][0], spec.state(0)[5])
+        with pytest.raises(ValueError, match="feature 'annotation.reasoning' \\(reasoning\\) missing"):
+            load_data([str(FIXTURE)], None, CAMERAS, 2, 2, 8, rank0_print=lambda *a: None,
+                      lerobot_features={"reasoning": "annotation.reasoning"})
+    finally:
+        configure_lerobot_features(FIXTURE, None)
