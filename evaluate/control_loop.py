@@ -8,11 +8,26 @@ is refused (a NaN chunk never enters the strategy, where temporal aggregation wo
 ``chunk_size`` steps): the robot is told to ``hold()`` its last command and the episode ends, recorded
 as ``EpisodeLog.stopped == "non_finite_action"`` at step ``stopped_at``. Any exception in the loop
 (inference, the robot, Ctrl-C) also sends ``hold()`` before it propagates.
+
+Asynchronous execution (a strategy with ``asynchronous = True``, :class:`~evaluate.action_strategies.AsyncExecution`):
+``policy.infer`` runs in a background thread (:class:`ThreadedInference`, one request in flight at a
+time) while the loop keeps executing the queued actions; the loop never blocks on inference except for
+the episode's first chunk (there is no command to hold yet; the rate limiter's schedule starts after it).
+When the queue runs dry, a paced loop (``fps`` set) *holds*: it re-sends the last action with
+``robot.step`` and records the step in ``EpisodeLog.starved``, because a real robot must keep receiving
+commands at its rate. An unpaced loop (simulation, replay: time only advances on ``step``) *waits* for
+the chunk in flight instead, since re-sending would advance the simulation on a stale command for no
+reason but the host's speed. The same safety rules hold for chunks from the thread: a non-finite one is
+refused (hold, stop, ``stopped == "non_finite_action"``), an exception raised by ``infer`` in the thread
+is re-raised in the loop (hold, then propagate), and the thread is joined when the episode ends, however
+it ends.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +103,9 @@ class EpisodeLog:
     ``infer_ms`` per query; ``step_ms`` per step (compute only, without the rate limiter's sleep).
     ``stopped``: why the loop ended the episode early (``"non_finite_action"``), else ``None``; ``stopped_at``:
     the step whose action was refused (the steps before it were executed); ``stop_detail``: the refusal.
+    Asynchronous execution only: ``queries`` holds ``(observation step, chunk)`` in arrival order;
+    ``arrivals`` ``[(observation step, arrival step, actions dropped)]``; ``starved``: the steps at which the
+    queue was empty and the last action was re-sent.
     """
 
     actions: list[np.ndarray] = field(default_factory=list)
@@ -100,6 +118,8 @@ class EpisodeLog:
     stopped: str | None = None
     stopped_at: int | None = None
     stop_detail: str | None = None
+    arrivals: list[tuple[int, int, int]] = field(default_factory=list)
+    starved: list[int] = field(default_factory=list)
 
     @property
     def steps(self) -> int:
@@ -114,6 +134,7 @@ class EpisodeLog:
             "step_ms_mean": float(step.mean()) if len(step) else None,
             "step_ms_max": float(step.max()) if len(step) else None,
             "late_steps": self.late_steps,
+            "starvations": len(self.starved),
         }
 
     def outcome(self) -> dict[str, Any]:
@@ -130,16 +151,23 @@ def run_episode(
     first_obs: Observation | None = None,
     on_step: Callable[[int, StepInfo], None] | None = None,
     log: EpisodeLog | None = None,
+    worker: InferenceWorker | None = None,
 ) -> EpisodeLog:
     """Run one episode of at most ``max_steps`` steps (``first_obs``: an observation ``robot.reset()`` already gave).
 
     A non-finite chunk or action ends the episode (see the module docstring); an exception is re-raised
     after ``robot.hold()``, with a note naming the step. Pass ``log`` to keep what the episode did when it raises.
+    An asynchronous strategy computes chunks through ``worker`` (default: a :class:`ThreadedInference` of
+    ``policy``, started and closed here).
     """
     rate = rate or RateLimiter(None)
     log = EpisodeLog() if log is None else log
     strategy.reset()
     obs = robot.reset() if first_obs is None else first_obs
+    if getattr(strategy, "asynchronous", False):
+        return _run_async_episode(
+            worker or ThreadedInference(policy), robot, strategy, max_steps, rate, obs, on_step, log
+        )
     late_before = rate.overruns
     rate.start()
     t = 0
@@ -179,6 +207,171 @@ def run_episode(
     return log
 
 
+@dataclass
+class Arrival:
+    """A chunk computed in the background: ``result`` of ``infer`` on the observation of step ``t``."""
+
+    t: int
+    result: dict[str, Any]
+    infer_ms: float
+
+
+class InferenceWorker(Protocol):
+    """Runs ``infer`` away from the control loop; at most one request in flight.
+
+    ``poll(block)`` returns the finished request (``None`` when there is none and ``block`` is false) and
+    re-raises, in the caller's thread, an exception ``infer`` raised; ``busy``: a request was submitted
+    and its result not yet collected.
+    """
+
+    busy: bool
+
+    def start(self) -> None: ...
+
+    def submit(self, t: int, obs: Observation) -> None: ...
+
+    def poll(self, block: bool = False) -> Arrival | None: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadedInference:
+    """``policy.infer`` in one background thread (a local policy or a websocket client: both are ``infer(obs)``).
+
+    The thread is started by :meth:`start` and ends in :meth:`close`, which waits up to ``join_timeout_s``
+    for an inference in flight to finish (its result is discarded). The thread is a daemon so that a
+    hung remote call can never keep the process alive; ``close`` warns when it had to leave it running.
+    """
+
+    def __init__(self, policy: Policy, join_timeout_s: float = 60.0) -> None:
+        self.policy, self.join_timeout_s = policy, join_timeout_s
+        self.busy = False
+        self._requests: queue.Queue[tuple[int, Observation] | None] = queue.Queue()
+        self._results: queue.Queue[tuple[int, dict[str, Any] | None, float, BaseException | None]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("this ThreadedInference was already started (one per episode)")
+        self._thread = threading.Thread(target=self._serve, name="dexvla-async-inference", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (request := self._requests.get()) is not None:
+            t, obs = request
+            start = time.perf_counter()
+            try:
+                result, error = self.policy.infer(obs), None
+            except BaseException as err:  # handed to the control loop, which holds the robot and re-raises
+                result, error = None, err
+            self._results.put((t, result, 1000.0 * (time.perf_counter() - start), error))
+
+    def submit(self, t: int, obs: Observation) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            raise RuntimeError("submit() before start() or after close()")
+        if self.busy:
+            raise RuntimeError(f"step {t}: a request is already in flight (one at a time)")
+        self.busy = True
+        self._requests.put((t, obs))
+
+    def poll(self, block: bool = False) -> Arrival | None:
+        if block and not self.busy:
+            raise RuntimeError("poll(block=True) with no request in flight would wait forever")
+        try:
+            t, result, infer_ms, error = self._results.get(block=block)
+        except queue.Empty:
+            return None
+        self.busy = False
+        if error is not None:
+            error.add_note(f"raised by policy.infer in the inference thread, on the observation of step {t}")
+            raise error
+        return Arrival(t, result, infer_ms)
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        self._requests.put(None)
+        self._thread.join(self.join_timeout_s)
+        if self._thread.is_alive():
+            logger.warning(
+                "the inference thread is still in policy.infer after %.0f s; leaving it (daemon)", self.join_timeout_s
+            )
+
+
+def _run_async_episode(
+    worker: InferenceWorker,
+    robot: Robot,
+    strategy: Any,
+    max_steps: int,
+    rate: RateLimiter,
+    obs: Observation,
+    on_step: Callable[[int, StepInfo], None] | None,
+    log: EpisodeLog,
+) -> EpisodeLog:
+    """``run_episode`` for an asynchronous strategy (see the module docstring for hold vs wait)."""
+    wait_when_dry = not rate.period
+    late_before = rate.overruns
+    last: np.ndarray | None = None
+    t = 0
+
+    def integrate(arrival: Arrival, now: int) -> bool:
+        chunk = np.asarray(arrival.result["actions"], dtype=np.float32)
+        log.infer_ms.append(arrival.infer_ms)
+        what = f"action chunk from the policy (observation of step {arrival.t}) at step {now}"
+        if not _accept(chunk, what, robot, log, now):
+            return False
+        dropped = strategy.add_chunk(arrival.t, chunk, now)
+        log.queries.append((arrival.t, chunk))
+        log.arrivals.append((arrival.t, now, dropped))
+        if arrival.result.get("reasoning"):
+            log.reasoning.append((arrival.t, str(arrival.result["reasoning"])))
+        return True
+
+    try:
+        worker.start()
+        worker.submit(0, obs)
+        if not integrate(worker.poll(block=True), 0):  # nothing to hold before the first chunk: wait for it
+            return log
+        rate.start()
+        for t in range(max_steps):
+            start = time.perf_counter()
+            while True:
+                arrival = worker.poll()
+                if arrival is not None and not integrate(arrival, t):
+                    return log
+                if strategy.needs_query(t) and not worker.busy:
+                    worker.submit(t, obs)  # the freshest observation: taken at the start of this step
+                if strategy.remaining or not wait_when_dry:
+                    break
+                if not integrate(worker.poll(block=True), t):  # unpaced: wait (see the module docstring)
+                    return log
+            if strategy.remaining:
+                action = strategy.action(t)
+            else:
+                action = last  # paced and dry: keep commanding the robot where it is
+                log.starved.append(t)
+            if not _accept(action, f"action for step {t}", robot, log, t):
+                return log
+            info = robot.step(action)
+            last = action
+            log.actions.append(action)
+            log.infos.append(info)
+            if on_step is not None:
+                on_step(t, info)
+            log.step_ms.append(1000.0 * (time.perf_counter() - start))
+            if info.done:
+                break
+            rate.wait()
+            obs = robot.get_obs()
+    except BaseException as err:
+        _hold_after_failure(robot, err, t)
+        raise
+    finally:
+        log.late_steps = rate.overruns - late_before
+        worker.close()
+    return log
+
+
 def _accept(action: np.ndarray, what: str, robot: Robot, log: EpisodeLog, t: int) -> bool:
     """``True`` for a finite ``action``; else hold the robot, record why in ``log`` and return ``False``."""
     try:
@@ -202,4 +395,4 @@ def _hold_after_failure(robot: Robot, err: BaseException, t: int) -> None:
     err.add_note(f"control loop: the episode failed at step {t}; the robot was told to hold its last command")
 
 
-__all__ = ["EpisodeLog", "Policy", "RateLimiter", "run_episode"]
+__all__ = ["Arrival", "EpisodeLog", "InferenceWorker", "Policy", "RateLimiter", "ThreadedInference", "run_episode"]

@@ -7,7 +7,9 @@
 
 Actions are executed by ``--strategy chunk`` (query every ``--exec_horizon`` steps) or ``temporal_agg``
 (query every ``--exec_horizon`` steps, default every step, ACT's exponential weighting with
-``--temporal_k``); the loop is held at ``--fps``
+``--temporal_k``) or ``async`` (inference in a background thread while the queue is executed: a query goes
+out when fewer than ``--async_threshold`` actions remain, overtaken actions are dropped, ``--async_blend``
+steps smooth the switch to a new chunk); the loop is held at ``--fps``
 (default: 50 on the real robot, unpaced in simulation and replay) and warns when inference cannot keep
 up. ``--warmup`` inferences run before the first episode. Results go to ``--out`` as JSON (plus a PNG per
 replayed episode and optional mp4s of simulated ones), rewritten after every episode; a summary table
@@ -113,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--image_crop_ratio", type=float, default=None,
         help="training's crop for checkpoints that do not record it (0.95: diffusion head trained with augmentation)",
     )
+    model.add_argument(
+        "--reasoning_every", type=int, default=1,
+        help="generate the reasoning on one query in K per prompt, reuse the last one otherwise (1: every query)",
+    )
+    model.add_argument(
+        "--compile_head", nargs="?", const=True, default=False,
+        help="torch.compile the head's denoiser (GPU serving); optionally a mode, e.g. reduce-overhead",
+    )
     model.add_argument("--prompt", default=None, help="instruction (default: the episode's / the sim task's)")
     loop = parser.add_argument_group("control loop")
     loop.add_argument("--strategy", default="chunk", choices=STRATEGIES)
@@ -124,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
         "frame is queried); temporal_agg: the query period (default: 1)",
     )
     loop.add_argument("--temporal_k", type=float, default=0.01, help="temporal_agg: weight decay exp(-k i)")
+    loop.add_argument(
+        "--async_threshold",
+        type=int,
+        default=None,
+        help="async: query when fewer actions than this remain queued; keep it above the inference latency in "
+        "control steps (default: half the actions executed per chunk)",
+    )
+    loop.add_argument(
+        "--async_blend", type=int, default=0, help="async: steps over which a new chunk is blended with the old queue"
+    )
     loop.add_argument("--fps", type=float, default=None, help="control rate (default: 50 on agilex, unpaced otherwise)")
     loop.add_argument("--warmup", type=int, default=2, help="inferences before the first episode")
     loop.add_argument("--num_episodes", type=int, default=None, help="episodes (default: all replayed / 10 sim / 1)")
@@ -231,6 +251,7 @@ def evaluate(args: argparse.Namespace, policy: Any | None = None) -> dict[str, A
             seed=None if args.seed < 0 else args.seed,
             num_inference_timesteps=args.num_inference_timesteps, image_size_stable=args.image_size_stable,
             image_size_wrist=args.image_size_wrist, default_prompt=args.prompt, image_crop_ratio=args.image_crop_ratio,
+            reasoning_every=args.reasoning_every, compile_head=args.compile_head,
         )
     robot = make_robot(args, policy.camera_names, out_dir)
     fps = args.fps if args.fps is not None else robot.default_fps
@@ -256,11 +277,12 @@ def evaluate(args: argparse.Namespace, policy: Any | None = None) -> dict[str, A
                 max_steps = args.max_steps or getattr(robot, "length", None) or getattr(robot, "max_steps", None)
                 if max_steps is None:
                     raise SystemExit(f"--robot {args.robot} needs --max_steps")
-                # Open-loop replay scores the policy on every recorded frame unless told otherwise.
-                exec_horizon = args.exec_horizon if args.exec_horizon or args.robot != "replay" else 1
+                exec_horizon = _exec_horizon(args)
                 if exec_horizon is not None and not 0 < exec_horizon <= policy.chunk_size:
                     raise SystemExit(f"--exec_horizon {exec_horizon} must be in [1, chunk size {policy.chunk_size}]")
-                strategy = make_strategy(args.strategy, exec_horizon, args.temporal_k)
+                strategy = make_strategy(
+                    args.strategy, exec_horizon, args.temporal_k, *_async_settings(args, exec_horizon, policy.chunk_size)
+                )
                 with tqdm(total=max_steps, desc=f"{args.robot} episode {index}", unit="step", leave=False) as bar:
 
                     def on_step(t: int, info, bar=bar) -> None:
@@ -295,6 +317,27 @@ def evaluate(args: argparse.Namespace, policy: Any | None = None) -> dict[str, A
     return summary
 
 
+def _exec_horizon(args: argparse.Namespace) -> int | None:
+    """``--exec_horizon``; open-loop replay scores the policy on every recorded frame unless told otherwise."""
+    return args.exec_horizon if args.exec_horizon or args.robot != "replay" else 1
+
+
+def _async_settings(args: argparse.Namespace, exec_horizon: int | None, chunk_size: int) -> tuple[int | None, int]:
+    """``(async_threshold, async_blend)`` for ``make_strategy``, checked against the actions usable per chunk."""
+    if args.strategy != "async":
+        for flag, value, default in (("--async_threshold", args.async_threshold, None), ("--async_blend", args.async_blend, 0)):
+            if value != default:
+                raise SystemExit(f"{flag} only applies to --strategy async (got --strategy {args.strategy})")
+        return None, 0
+    usable = exec_horizon or chunk_size
+    threshold = args.async_threshold if args.async_threshold is not None else max(1, usable // 2)
+    if not 1 <= threshold <= usable:
+        raise SystemExit(f"--async_threshold {threshold} must be in [1, actions executed per chunk {usable}]")
+    if args.async_blend < 0:
+        raise SystemExit(f"--async_blend {args.async_blend} must be >= 0 steps")
+    return threshold, args.async_blend
+
+
 def _replay_results(robot, log, stats, out_dir: Path, index: int) -> dict[str, Any]:
     from evaluate.metrics import ALOHA_JOINT_NAMES, chunk_errors, executed_errors, plot_episode
 
@@ -323,6 +366,8 @@ def _summarise(
         "strategy": args.strategy,
         "exec_horizon": args.exec_horizon,
         "temporal_k": args.temporal_k if args.strategy == "temporal_agg" else None,
+        "async_threshold": _async_settings(args, _exec_horizon(args), policy.chunk_size)[0],
+        "async_blend": args.async_blend if args.strategy == "async" else None,
         "fps": fps,
         "policy": policy.metadata,
         "warmup_ms": warmup_ms,
@@ -330,6 +375,7 @@ def _summarise(
         "infer_ms_mean": _mean([e["infer_ms_mean"] for e in episodes]),
         "step_ms_mean": _mean([e["step_ms_mean"] for e in episodes]),
         "late_steps": int(sum(e["late_steps"] for e in episodes)),
+        "starvations": int(sum(e["starvations"] for e in episodes)),
         "stopped_episodes": [e["index"] for e in episodes if e["stopped"]],
         "episodes": episodes,
         "out_dir": str(out_dir),
@@ -381,6 +427,8 @@ def _print_summary(robot: str, episodes: list[dict[str, Any]], summary: dict[str
         print(f"warning: episodes {summary['stopped_episodes']} stopped early: the policy produced non-finite actions")
     if robot == "aloha_sim":
         print(f"success rate: {summary['success_rate']:.0%} over {summary['num_episodes']} episodes")
+    if summary["starvations"]:
+        print(f"warning: {summary['starvations']} steps re-sent the last action: the async queue ran dry")
     if summary["late_steps"]:
         print(f"warning: {summary['late_steps']} steps overran the {summary['fps']:g} Hz budget")
     print(f"results: {path}")

@@ -184,12 +184,28 @@ class PreparedObservation:
     """One validated, pre-processed observation (:meth:`DexVLAPolicy.prepare`), ready for the model.
 
     ``features``: :meth:`DexVLAPolicy.prompt_features`' output; ``state``: the raw ``(state_dim,)`` float32 state;
-    ``prepare_ms``: the time validation and pre-processing took.
+    ``prepare_ms``: the time validation and pre-processing took; ``prompt``: the instruction (the key under which
+    reasoning is reused, see ``reasoning_every``).
     """
 
     features: dict[str, torch.Tensor]
     state: np.ndarray
     prepare_ms: float
+    prompt: str | None = None
+
+
+@dataclass
+class _RememberedReasoning:
+    """An answer generated for a prompt: ``answer_ids (G,)`` (up to and including its EOS), its text, and how
+    many queries it has served (the one that generated it included)."""
+
+    answer_ids: torch.Tensor
+    text: str
+    uses: int = 1
+
+
+# Distinct prompts whose last reasoning is remembered (oldest forgotten first): bounded for a long-running server.
+_REASONING_MEMORY_SIZE = 256
 
 
 class DexVLAPolicy:
@@ -207,6 +223,13 @@ class DexVLAPolicy:
             ``image_crop_ratio``; e.g. 0.95 for a diffusion head trained with augmentation).
         default_prompt: used when an observation has no ``"prompt"``.
         limits: caps on each observation (prompt length, image size); default :class:`ObservationLimits`.
+        reasoning_every: generate the reasoning on one query in ``k`` per prompt and reuse the last generated
+            answer on the others (then the answer is fixed: one VLM forward, no decoding), since sub-step
+            reasoning changes slowly. ``1`` (default): generate on every query. A batch generates for all its rows
+            as soon as one of them is due. Reuse is keyed by the prompt: robots that share a prompt share it;
+            :meth:`reset_reasoning` forgets it (e.g. at an episode start).
+        compile_head: compile the policy head's denoiser with ``torch.compile`` (GPU serving); a string is
+            torch.compile's ``mode`` (e.g. ``"reduce-overhead"`` for CUDA graphs). Compiles at the first query.
     """
 
     def __init__(
@@ -222,6 +245,8 @@ class DexVLAPolicy:
         default_prompt: str | None = None,
         image_crop_ratio: float | None = None,
         limits: ObservationLimits | None = None,
+        reasoning_every: int = 1,
+        compile_head: bool | str = False,
     ) -> None:
         from transformers import AutoProcessor, AutoTokenizer
 
@@ -251,6 +276,10 @@ class DexVLAPolicy:
         # The processor's fast tokenizer is not safe to call from two threads at once (a server prepares
         # requests of several connections in parallel), so pre-processing takes turns.
         self._prepare_lock = threading.Lock()
+        if int(reasoning_every) < 1:
+            raise ValueError(f"reasoning_every must be >= 1 (1: generate on every query), got {reasoning_every}")
+        self.reasoning_every = int(reasoning_every)
+        self._reasoning_memory: dict[str, _RememberedReasoning] = {}
 
         self.model = from_pretrained_vla(self.ckpt_dir, dtype=self.dtype).to(self.device).eval()
         head = self.model.config.policy_head_config
@@ -283,6 +312,8 @@ class DexVLAPolicy:
         self.generate_reasoning = trained_with_reasoning and self.max_new_tokens > 0
         fixed = answer_text("", trained_with_reasoning)
         self.fixed_answer_ids = torch.as_tensor(self.tokenizer(fixed, add_special_tokens=False)["input_ids"])
+        if compile_head:
+            self.model.policy_head.compile_denoiser(mode=compile_head if isinstance(compile_head, str) else None)
 
     # ---- description ------------------------------------------------------------------------------
     @property
@@ -326,7 +357,7 @@ class DexVLAPolicy:
         )
         with self._prepare_lock:
             features = self.prompt_features(frames, prompt)
-        return PreparedObservation(features, state, 1000.0 * (time.perf_counter() - start))
+        return PreparedObservation(features, state, 1000.0 * (time.perf_counter() - start), prompt)
 
     def infer_prepared(self, prepared: PreparedObservation) -> dict[str, Any]:
         """:meth:`infer` of an observation that went through :meth:`prepare`."""
@@ -343,7 +374,9 @@ class DexVLAPolicy:
         start = time.perf_counter()
         raw_states = np.stack([p.state for p in prepared])  # (B, state_dim)
         states = torch.as_tensor(self.stats.normalize_state(raw_states), dtype=torch.float32)
-        normalized, reasoning = self._predict([p.features for p in prepared], states)  # (B, horizon, action_dim)
+        normalized, reasoning = self._predict(  # (B, horizon, action_dim)
+            [p.features for p in prepared], states, [p.prompt for p in prepared]
+        )
         actions = self.postprocess_actions(normalized[:, : self.chunk_size], raw_states)
         prepare_ms = sum(p.prepare_ms for p in prepared)
         elapsed_ms = 1000.0 * (time.perf_counter() - start) + prepare_ms
@@ -376,9 +409,45 @@ class DexVLAPolicy:
         row = torch.randn((1, self.horizon, self.action_dim), generator=generator, dtype=torch.float32)
         return row.expand(batch_size, -1, -1).contiguous()
 
-    def _predict(self, features: list[dict[str, torch.Tensor]], states: torch.Tensor) -> tuple[np.ndarray, list[str]]:
+    def reset_reasoning(self) -> None:
+        """Forget the remembered reasoning (``reasoning_every``): the next query of every prompt generates."""
+        self._reasoning_memory.clear()
+
+    def _reusable_reasoning(self, prompts: Sequence[str | None] | None) -> list[_RememberedReasoning] | None:
+        """The remembered answers this batch reuses, one per row, or None when it must generate."""
+        if not self.generate_reasoning or self.reasoning_every == 1 or prompts is None:
+            return None
+        memory = [None if p is None else self._reasoning_memory.get(p) for p in prompts]
+        if any(m is None or m.uses >= self.reasoning_every for m in memory):
+            return None
+        return memory
+
+    def _remember_reasoning(self, prompts: Sequence[str | None] | None, out: Any) -> None:
+        """Keep each row's generated answer (``out``: ``predict_action``'s output) under its prompt."""
+        if self.reasoning_every == 1 or prompts is None:
+            return
+        for row, prompt in enumerate(prompts):
+            if prompt is None:
+                continue
+            answer = out.sequences[row][out.answer_mask[row]].cpu()
+            self._reasoning_memory.pop(prompt, None)
+            self._reasoning_memory[prompt] = _RememberedReasoning(answer, out.reasoning[row] if out.reasoning else "")
+            while len(self._reasoning_memory) > _REASONING_MEMORY_SIZE:
+                self._reasoning_memory.pop(next(iter(self._reasoning_memory)))
+
+    def _predict(
+        self,
+        features: list[dict[str, torch.Tensor]],
+        states: torch.Tensor,
+        prompts: Sequence[str | None] | None = None,
+    ) -> tuple[np.ndarray, list[str]]:
+        """Model output ``(B, horizon, action_dim)`` in [-1, 1] and the reasoning of each row.
+
+        ``prompts``: each row's instruction, the key of reasoning reuse (``reasoning_every``); None: no reuse.
+        """
         batch = {k: v.to(self.device) for k, v in self.collator(features).items()}
         noise = self.noise(len(features))
+        reused = self._reusable_reasoning(prompts)
         kwargs: dict[str, Any] = dict(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -387,16 +456,29 @@ class DexVLAPolicy:
             image_grid_thw=batch.get("image_grid_thw"),
             mm_token_type_ids=batch.get("mm_token_type_ids"),
             max_new_tokens=self.max_new_tokens,
-            generate_reasoning=self.generate_reasoning,
+            generate_reasoning=self.generate_reasoning and reused is None,
             answer_ids=self.fixed_answer_ids,
             tokenizer=self.tokenizer,
             num_inference_timesteps=self.num_inference_timesteps,
             # Per-row noise: a batch gives each observation what it would get alone.
             noise=None if noise is None else noise.to(self.device),
         )
+        if reused is not None:
+            # The answer is fixed: prompt + the remembered answer in one forward, rows right padded to one length.
+            answers = [m.answer_ids for m in reused]
+            width = max(len(a) for a in answers)
+            kwargs["answer_ids"] = torch.stack([torch.cat([a, a[-1:].expand(width - len(a))]) for a in answers])
+            kwargs["answer_ids_mask"] = torch.arange(width)[None, :] < torch.tensor([len(a) for a in answers])[:, None]
+            kwargs["tokenizer"] = None
         with torch.inference_mode():
             out = self.model.predict_action(**kwargs)
         actions = out.actions.float().cpu().numpy()
+        if reused is not None:
+            for memory in reused:
+                memory.uses += 1
+            return actions, [m.text for m in reused]
+        if kwargs["generate_reasoning"]:
+            self._remember_reasoning(prompts, out)
         reasoning = out.reasoning or [""] * len(features)
         return actions, list(reasoning)
 

@@ -5,7 +5,7 @@ import torch
 from .conditioning import pool_condition
 from .losses import masked_noise_mse
 from .modeling_outputs import DiffusionPolicyOutput
-from .scheduling import add_noise_fp32, ddim_step_fp32
+from .scheduling import DDIMTables, add_noise_fp32, ddim_tables, ddim_update
 
 
 def fit_to_horizon(
@@ -139,12 +139,34 @@ class DiffusionPolicyMixin:
         else:
             sample = torch.randn(shape, generator=generator, device=_rng_device(generator, device), dtype=torch.float32)
             sample = sample.to(device)
-        self.noise_scheduler.set_timesteps(num_inference_timesteps or cfg.num_inference_timesteps)
-        for t in self.noise_scheduler.timesteps:
-            noise_pred = self.model_forward(sample, t, hidden_states, states)
-            sample = ddim_step_fp32(self.noise_scheduler, noise_pred, t, sample)
+        tables = self.ddim_tables(int(num_inference_timesteps or cfg.num_inference_timesteps), device)
+        denoise = getattr(self, "_compiled_denoiser", None) or self.model_forward
+        # Timesteps and coefficients are device tensors indexed by a Python step number: the loop never
+        # waits for the device, so a GPU can queue all steps' kernels back to back.
+        for step in range(tables.timesteps.shape[0]):
+            noise_pred = denoise(sample, tables.timesteps[step].expand(batch), hidden_states, states)
+            sample = ddim_update(tables, step, noise_pred, sample)
         # float32 out: bf16 would quantise the actions (steps of ~0.008 near +-1) for no saving.
         return sample
+
+    def ddim_tables(self, num_inference_timesteps: int, device: torch.device) -> DDIMTables:
+        """The DDIM constants of ``num_inference_timesteps`` steps on ``device``, built once and then reused."""
+        cache = self.__dict__.setdefault("_ddim_tables_cache", {})
+        key = (num_inference_timesteps, str(device))
+        if key not in cache:
+            cache[key] = ddim_tables(self.noise_scheduler, num_inference_timesteps, device)
+        return cache[key]
+
+    def compile_denoiser(self, mode: str | None = None, **compile_kwargs) -> None:
+        """Run sampling's noise predictions through ``torch.compile(self.model_forward)`` (GPU serving).
+
+        ``mode``: torch.compile's mode, e.g. ``"reduce-overhead"`` (CUDA graphs: one launch per DDIM step) or
+        ``"max-autotune-no-cudagraphs"``; ``compile_kwargs`` go to ``torch.compile`` as well (``backend``...).
+        Training is not affected. Compilation happens at the first sampling call of each input shape.
+        """
+        if not hasattr(torch, "compile"):
+            raise RuntimeError(f"torch {torch.__version__} has no torch.compile: leave the head uncompiled")
+        self.__dict__["_compiled_denoiser"] = torch.compile(self.model_forward, mode=mode, **compile_kwargs)
 
 
 def _rng_device(generator: torch.Generator | None, device: torch.device) -> torch.device:

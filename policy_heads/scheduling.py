@@ -5,6 +5,8 @@ tables are built on the host in float32 and every scheduler operation receives f
 to the model dtype only at the network boundary, so sampling under bf16 autocast or with a bf16 model stays finite.
 """
 
+from dataclasses import dataclass
+
 import torch
 from diffusers import DDIMScheduler
 
@@ -53,4 +55,63 @@ def ddim_step_fp32(
     return scheduler.step(model_output=noise_pred.float(), timestep=timestep, sample=sample.float()).prev_sample
 
 
-__all__ = ["add_noise_fp32", "build_ddim_scheduler", "ddim_step_fp32"]
+@dataclass(frozen=True)
+class DDIMTables:
+    """Per-step constants of a deterministic (eta=0) DDIM sampling run, on the sampling device.
+
+    ``timesteps (S,)`` int64; the others ``(S,)`` float32: ``sqrt(a_t)``, ``sqrt(1 - a_t)``, ``sqrt(a_prev)`` and
+    ``sqrt(1 - a_prev)`` with ``a`` the cumulative alpha product. Indexing them with a Python step number gives
+    device scalars, so a sampling loop never reads a value back to the host.
+    """
+
+    timesteps: torch.Tensor
+    sqrt_alpha: torch.Tensor
+    sqrt_one_minus_alpha: torch.Tensor
+    sqrt_alpha_prev: torch.Tensor
+    sqrt_one_minus_alpha_prev: torch.Tensor
+    clip_range: float | None
+
+
+def ddim_tables(scheduler: DDIMScheduler, num_inference_steps: int, device: torch.device) -> DDIMTables:
+    """The constants ``scheduler.step`` derives at every step, computed once (on the host, in float32).
+
+    The same float32 operations as diffusers' ``DDIMScheduler.step`` with ``eta=0``, so
+    :func:`ddim_update` reproduces it to the last bit. Only the configuration the experts use is supported
+    (epsilon prediction, no dynamic thresholding); anything else is an error rather than a silent difference.
+    """
+    config = scheduler.config
+    if config.prediction_type != "epsilon" or config.thresholding:
+        raise ValueError(
+            f"fast DDIM sampling supports prediction_type='epsilon' without thresholding, got "
+            f"prediction_type={config.prediction_type!r}, thresholding={config.thresholding}"
+        )
+    scheduler.set_timesteps(num_inference_steps)
+    timesteps = scheduler.timesteps.to("cpu", torch.int64)
+    alphas = scheduler.alphas_cumprod.to("cpu", torch.float32)
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32)
+    prev = timesteps - config.num_train_timesteps // num_inference_steps
+    alpha = alphas[timesteps]
+    alpha_prev = torch.where(prev >= 0, alphas[prev.clamp_min(0)], final)
+    return DDIMTables(
+        timesteps=timesteps.to(device),
+        sqrt_alpha=(alpha**0.5).to(device),
+        sqrt_one_minus_alpha=((1 - alpha) ** 0.5).to(device),
+        sqrt_alpha_prev=(alpha_prev**0.5).to(device),
+        sqrt_one_minus_alpha_prev=((1 - alpha_prev) ** 0.5).to(device),
+        clip_range=float(config.clip_sample_range) if config.clip_sample else None,
+    )
+
+
+def ddim_update(tables: DDIMTables, step: int, noise_pred: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """Step ``step`` (an index into ``tables``) of deterministic DDIM: ``(B, T, A)`` float32 in and out.
+
+    ``ddim_step_fp32`` without the per-step table lookups and host-side branches of ``scheduler.step``.
+    """
+    eps = noise_pred.float()
+    x0 = (sample - tables.sqrt_one_minus_alpha[step] * eps) / tables.sqrt_alpha[step]
+    if tables.clip_range is not None:
+        x0 = x0.clamp(-tables.clip_range, tables.clip_range)
+    return tables.sqrt_alpha_prev[step] * x0 + tables.sqrt_one_minus_alpha_prev[step] * eps
+
+
+__all__ = ["DDIMTables", "add_noise_fp32", "build_ddim_scheduler", "ddim_step_fp32", "ddim_tables", "ddim_update"]

@@ -2,8 +2,8 @@
 
 Training: ``forward(..., actions, states, is_pad)`` -> ``Qwen2VLAOutput(loss, llm_loss, action_loss, ...)``
 with ``loss = action_loss + llm_loss_weight * llm_loss``.
-Inference: ``predict_action(...)`` generates the reasoning greedily, runs prompt + answer through the
-VLM once more, fuses, and samples an action chunk ``(B, chunk, action_dim)`` with DDIM.
+Inference: ``predict_action(...)`` generates the reasoning greedily, fuses the hidden states generation
+computed (one pass through the VLM), and samples an action chunk ``(B, chunk, action_dim)`` with DDIM.
 """
 
 from __future__ import annotations
@@ -184,8 +184,15 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
         num_inference_timesteps: int | None = None,
         answer_ids: torch.LongTensor | None = None,
         noise: torch.Tensor | None = None,
+        answer_ids_mask: torch.Tensor | None = None,
+        two_pass: bool = False,
     ) -> Qwen2VLAActionOutput:
         """Sample action chunks for a (left-padded) batch of prompts.
+
+        One pass through the VLM: with reasoning, the fusion takes the last layer's states that ``generate()``
+        computed (the prompt's at the prefill, each answer token's as it is fed back) plus one single-token step
+        on the KV cache for the final generated token, which ``generate()`` never feeds back; without reasoning,
+        one forward over prompt + fixed answer. The vision tower runs once per call either way.
 
         Args:
             input_ids, attention_mask, mm_token_type_ids: ``(B, L)`` prompt ending in the generation
@@ -195,11 +202,16 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
             max_new_tokens: budget for the reasoning; ``generate_reasoning=False`` skips generation.
             tokenizer: when given, the generated reasoning is decoded into ``reasoning``.
             generator: random source of the DDIM noise.
-            answer_ids: ``(G,)`` fixed answer appended instead of generating (e.g. the ids of
-                ``"<|im_end|>"`` for a model trained without reasoning), so the fusion sees an
-                answer span as in training; ignored when generating.
+            answer_ids: fixed answer appended instead of generating (e.g. the ids of ``"<|im_end|>"`` for a
+                model trained without reasoning, or an earlier query's answer being reused), so the fusion sees
+                an answer span as in training; ``(G,)`` for every row or ``(B, G)`` per row; ignored when
+                generating.
+            answer_ids_mask: ``(B, G)`` true on the real tokens of a per-row ``answer_ids`` whose rows are right
+                padded to a common length (default: all real).
             noise: ``(B, chunk, action_dim)`` initial DDIM noise, one row per observation (so a batch
                 gives the same actions as its rows one by one); drawn from ``generator`` when None.
+            two_pass: after ``generate()``, run images + prompt + answer through the VLM a second time for the
+                fusion's states (the former path, kept to compare against; same result, slower).
 
         Returns:
             ``Qwen2VLAActionOutput`` with ``actions (B, chunk, action_dim)``.
@@ -214,35 +226,16 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
             "image_grid_thw": None if image_grid_thw is None else image_grid_thw.to(device),
         }
         prompt_len = input_ids.shape[1]
-        sequences, full_mask = input_ids, attention_mask
-        if not (generate_reasoning and max_new_tokens > 0) and answer_ids is not None:
-            fixed = answer_ids.to(device).reshape(1, -1).expand(input_ids.shape[0], -1)
-            sequences = torch.cat([input_ids, fixed], dim=1)
-            full_mask = torch.cat([attention_mask, torch.ones_like(fixed, dtype=attention_mask.dtype)], dim=1)
         if generate_reasoning and max_new_tokens > 0:
-            eos_ids = self.generation_config.eos_token_id
-            pad_id = self.generation_config.pad_token_id
-            sequences = self.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                mm_token_type_ids=mm_token_type_ids,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos_ids,
-                pad_token_id=pad_id,
-                **image_kwargs,
+            sequences, full_mask, hidden_states = self._generate_answer(
+                input_ids, attention_mask, mm_token_type_ids, image_kwargs, max_new_tokens, two_pass
             )
-            generated = sequences[:, prompt_len:]
-            full_mask = torch.cat([attention_mask, _answer_mask(generated, eos_ids).to(attention_mask.dtype)], dim=1)
+        else:
+            sequences, full_mask = _append_answer(input_ids, attention_mask, answer_ids, answer_ids_mask)
+            hidden_states = self._last_hidden_states(sequences, full_mask, mm_token_type_ids, image_kwargs)
         answer_mask = torch.zeros_like(full_mask, dtype=torch.bool)
         answer_mask[:, prompt_len:] = full_mask[:, prompt_len:].bool()
         prompt_mask = full_mask.bool() & ~answer_mask
-        mm_types = torch.cat(
-            [mm_token_type_ids, mm_token_type_ids.new_zeros(sequences.shape[0], sequences.shape[1] - prompt_len)], dim=1
-        )
-        hidden_states = self.model(
-            input_ids=sequences, attention_mask=full_mask, mm_token_type_ids=mm_types, **image_kwargs
-        ).last_hidden_state
         condition = self.action_condition(hidden_states, prompt_mask, answer_mask)
         actions = self.policy_head(
             hidden_states=condition,
@@ -260,6 +253,125 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
         return Qwen2VLAActionOutput(
             actions=actions, sequences=sequences, answer_mask=answer_mask, reasoning=reasoning
         )
+
+    def _last_hidden_states(
+        self,
+        sequences: torch.LongTensor,
+        full_mask: torch.Tensor,
+        mm_token_type_ids: torch.Tensor,
+        image_kwargs: dict[str, torch.Tensor | None],
+    ) -> torch.Tensor:
+        """One forward of images + ``sequences (B, L + G)`` (prompt + answer): last layer ``(B, L + G, H)``."""
+        answer_len = sequences.shape[1] - mm_token_type_ids.shape[1]
+        mm_types = torch.cat([mm_token_type_ids, mm_token_type_ids.new_zeros(sequences.shape[0], answer_len)], dim=1)
+        return self.model(
+            input_ids=sequences, attention_mask=full_mask, mm_token_type_ids=mm_types, **image_kwargs
+        ).last_hidden_state
+
+    def _generate_answer(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        mm_token_type_ids: torch.Tensor,
+        image_kwargs: dict[str, torch.Tensor | None],
+        max_new_tokens: int,
+        two_pass: bool = False,
+    ) -> tuple[torch.LongTensor, torch.Tensor, torch.Tensor]:
+        """Greedy reasoning: ``sequences (B, L + G)``, ``full_mask (B, L + G)`` (prompt mask, then true on each
+        row's answer up to its first EOS) and the last layer's states ``(B, L + G, H)`` over ``sequences``.
+
+        The states are captured from the final norm of the language model at each step of ``generate()``
+        (a forward hook, so nothing of the library is copied), and the positions it fed, to continue them
+        for the final token exactly as ``generate()`` would have. Not re-entrant: one call per model at a time.
+        """
+        eos_ids = self.generation_config.eos_token_id
+        generate_kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_token_type_ids=mm_token_type_ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_ids,
+            pad_token_id=self.generation_config.pad_token_id,
+            **image_kwargs,
+        )
+        prompt_len = input_ids.shape[1]
+        if two_pass:
+            sequences = self.generate(**generate_kwargs)
+            full_mask = _full_mask(attention_mask, sequences[:, prompt_len:], eos_ids)
+            return sequences, full_mask, self._last_hidden_states(sequences, full_mask, mm_token_type_ids, image_kwargs)
+
+        states: list[torch.Tensor] = []
+        positions: list[torch.Tensor | None] = []
+
+        def keep_states(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            states.append(output)
+
+        def keep_positions(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            positions.append(kwargs.get("position_ids"))
+
+        hooks = [
+            self.model.language_model.norm.register_forward_hook(keep_states),
+            self.model.register_forward_pre_hook(keep_positions, with_kwargs=True),
+        ]
+        try:
+            out = self.generate(**generate_kwargs, return_dict_in_generate=True)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        sequences = out.sequences
+        generated = sequences.shape[1] - prompt_len
+        if (
+            out.cache is None
+            or not positions
+            or positions[-1] is None
+            or sum(s.shape[1] for s in states) != sequences.shape[1] - 1
+        ):
+            raise RuntimeError(
+                "generate() did not run the steps predict_action expects (a KV cache, one step per token but the "
+                "last, with position_ids); is use_cache off in the generation config? Otherwise pass "
+                "predict_action(..., two_pass=True)"
+            )
+        # The final token was sampled but never fed back: one step on the KV cache gives its state, at the
+        # position generate() would have given it (the last one it fed, plus one).
+        last = self.model(
+            input_ids=sequences[:, -1:],
+            attention_mask=torch.cat([attention_mask, attention_mask.new_ones(sequences.shape[0], generated)], dim=1),
+            position_ids=positions[-1][..., -1:] + 1,
+            cache=out.cache,
+        ).last_hidden_state
+        hidden_states = torch.cat([*states, last], dim=1)
+        return sequences, _full_mask(attention_mask, sequences[:, prompt_len:], eos_ids), hidden_states
+
+
+def _full_mask(attention_mask: torch.Tensor, generated: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
+    """``(B, L + G)``: the prompt's attention mask, then true on each row's answer (up to its first EOS)."""
+    return torch.cat([attention_mask, _answer_mask(generated, eos_token_id).to(attention_mask.dtype)], dim=1)
+
+
+def _append_answer(
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    answer_ids: torch.LongTensor | None,
+    answer_ids_mask: torch.Tensor | None,
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """Prompt ``(B, L)`` + fixed answer -> ``sequences, full_mask (B, L + G)`` (unchanged when there is none)."""
+    if answer_ids is None:
+        return input_ids, attention_mask
+    batch = input_ids.shape[0]
+    answer_ids = answer_ids.to(input_ids.device)
+    if answer_ids.ndim == 1:
+        answer_ids = answer_ids.reshape(1, -1).expand(batch, -1)
+    if answer_ids.ndim != 2 or answer_ids.shape[0] != batch:
+        raise ValueError(f"answer_ids must be (G,) or (B={batch}, G), got shape {tuple(answer_ids.shape)}")
+    if answer_ids_mask is None:
+        answer_ids_mask = torch.ones_like(answer_ids, dtype=torch.bool)
+    elif tuple(answer_ids_mask.shape) != tuple(answer_ids.shape):
+        raise ValueError(
+            f"answer_ids_mask must have answer_ids' shape {tuple(answer_ids.shape)}, got {tuple(answer_ids_mask.shape)}"
+        )
+    answer_ids_mask = answer_ids_mask.to(input_ids.device, attention_mask.dtype)
+    return torch.cat([input_ids, answer_ids], dim=1), torch.cat([attention_mask, answer_ids_mask], dim=1)
 
 
 def _answer_mask(generated: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:

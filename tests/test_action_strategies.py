@@ -136,7 +136,7 @@ def test_strategy_arguments():
     with pytest.raises(ValueError, match="time order"):
         agg.add_chunk(2, np.zeros((4, 1)))
     with pytest.raises(ValueError, match="unknown action strategy"):
-        make_strategy("async")
+        make_strategy("bogus")
     with pytest.raises(RuntimeError, match="no queued action"):
         ChunkExecution(2).action(0)
 

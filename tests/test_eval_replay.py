@@ -64,7 +64,7 @@ def episode_mean_chunk(stats: NormStats, episode) -> np.ndarray:
 def replay_constant(monkeypatch, chunk: np.ndarray, ckpt, episode, out) -> dict:
     """Replay with a predictor that answers ``chunk`` (normalised) whatever it is shown; same pipeline otherwise."""
 
-    def predict(self, features, states):
+    def predict(self, features, states, prompts=None):
         return np.repeat(chunk[None].astype(np.float32), len(features), axis=0), [""] * len(features)
 
     with monkeypatch.context() as mp:
