@@ -120,19 +120,14 @@ def get_norm_stats(
         lengths.append(len(action))
     if not lengths:
         raise ValueError("get_norm_stats: no episodes given")
-    action_min, action_max = minmax_bounds(action_stats.min, action_stats.max)
-    quantiles: dict[str, np.ndarray] = {}
-    for prefix, accumulator, running in (("action", action_q, action_stats), ("qpos", qpos_q, qpos_stats)):
+    moments = []
+    for running, accumulator in ((action_stats, action_q), (qpos_stats, qpos_q)):
+        summary = {"mean": running.mean, "std": running.std, "min": running.min, "max": running.max}
         if accumulator is not None:
-            low, high = accumulator.quantiles((QUANTILE_LOW, QUANTILE_HIGH))
-            quantiles[f"{prefix}_q01"], quantiles[f"{prefix}_q99"] = quantile_bounds(low, high, running.min, running.max)
-    stats = NormStats(
-        action_mean=action_stats.mean,
-        action_std=np.clip(action_stats.std, STD_FLOOR, np.inf),
-        action_min=action_min,
-        action_max=action_max,
-        qpos_mean=qpos_stats.mean,
-        qpos_std=np.clip(qpos_stats.std, STD_FLOOR, np.inf),
+            summary["q01"], summary["q99"] = accumulator.quantiles((QUANTILE_LOW, QUANTILE_HIGH))
+        moments.append(summary)
+    stats = _norm_stats_from(
+        *moments,
         camera_names=list(camera_names),
         chunk_size=chunk_size,
         delta_control=delta_control,
@@ -141,9 +136,31 @@ def get_norm_stats(
         num_steps=int(sum(lengths)),
         action_normalization=action_normalization,
         state_normalization=state_normalization,
-        **quantiles,
     )
     return stats, lengths
+
+
+def _norm_stats_from(action: dict[str, np.ndarray], state: dict[str, np.ndarray], **fields: Any) -> NormStats:
+    """``NormStats`` from per-dimension ``mean``/``std``/``min``/``max`` (and optional ``q01``/``q99``) of the
+    actions and the states, with the rules every source shares: std floored at ``STD_FLOOR``, min-max bounds
+    kept apart (``minmax_bounds``), degenerate quantiles replaced (``quantile_bounds``)."""
+    action_min, action_max = minmax_bounds(action["min"], action["max"])
+    quantiles: dict[str, np.ndarray] = {}
+    for prefix, summary in (("action", action), ("qpos", state)):
+        if "q01" in summary:
+            quantiles[f"{prefix}_q01"], quantiles[f"{prefix}_q99"] = quantile_bounds(
+                summary["q01"], summary["q99"], summary["min"], summary["max"]
+            )
+    return NormStats(
+        action_mean=action["mean"],
+        action_std=np.clip(action["std"], STD_FLOOR, np.inf),
+        action_min=action_min,
+        action_max=action_max,
+        qpos_mean=state["mean"],
+        qpos_std=np.clip(state["std"], STD_FLOOR, np.inf),
+        **quantiles,
+        **fields,
+    )
 
 
 def _check_modes(action_normalization: str, state_normalization: str) -> None:
@@ -254,22 +271,10 @@ def get_meta_norm_stats(
             f"norm_stats_source='dataset_meta': roots {list(stats_dirs)} have different (action, state) widths "
             f"{sorted(widths)}"
         )
-    action, state = _combine_meta_stats(action_parts), _combine_meta_stats(state_parts)
-    action_min, action_max = minmax_bounds(action["min"], action["max"])
-    quantiles: dict[str, np.ndarray] = {}
-    for prefix, combined in (("action", action), ("qpos", state)):
-        if "q01" in combined:
-            quantiles[f"{prefix}_q01"], quantiles[f"{prefix}_q99"] = quantile_bounds(
-                combined["q01"], combined["q99"], combined["min"], combined["max"]
-            )
     lengths = [episode_length(ref) for ref in dataset_path_list]
-    stats = NormStats(
-        action_mean=action["mean"],
-        action_std=np.clip(action["std"], STD_FLOOR, np.inf),
-        action_min=action_min,
-        action_max=action_max,
-        qpos_mean=state["mean"],
-        qpos_std=np.clip(state["std"], STD_FLOOR, np.inf),
+    stats = _norm_stats_from(
+        _combine_meta_stats(action_parts),
+        _combine_meta_stats(state_parts),
         camera_names=list(camera_names),
         chunk_size=chunk_size,
         delta_control=False,
@@ -279,7 +284,6 @@ def get_meta_norm_stats(
         action_normalization=action_normalization,
         state_normalization=state_normalization,
         stats_source="dataset_meta",
-        **quantiles,
     )
     return stats, lengths
 
