@@ -178,8 +178,13 @@ def no_early_stop(model: torch.nn.Module) -> Iterator[None]:
         handle.remove()
 
 
-def measure(policy: Any, obs: dict[str, Any], iters: int, warmup: int, group: int = 1) -> dict[str, float]:
-    """Median per-stage ms over ``iters`` measurements; each measurement averages ``group`` consecutive queries."""
+def measure(
+    policy: Any, obs: dict[str, Any], iters: int, warmup: int, group: int = 1, batch: int = 1
+) -> dict[str, float]:
+    """Median per-stage ms over ``iters`` measurements; each measurement averages ``group`` consecutive queries.
+
+    A query is one ``infer_batch`` call of ``batch`` copies of ``obs`` (ms are per call, i.e. per batch of chunks).
+    """
     timer = StageTimer(policy.model)
     rows: list[dict[str, float]] = []
     generated: list[int] = []
@@ -190,7 +195,7 @@ def measure(policy: Any, obs: dict[str, Any], iters: int, warmup: int, group: in
             totals = defaultdict(float)
             for _ in range(group):
                 start = time.perf_counter()
-                out = policy.infer(obs)
+                out = policy.infer_batch([obs] * batch)[0]
                 totals["total"] += time.perf_counter() - start
                 totals["preprocess"] += out["policy_timing"]["prepare_ms"] / 1000.0
             if i < warmup:

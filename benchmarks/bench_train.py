@@ -26,7 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -63,6 +65,60 @@ def _part_params(model) -> dict[str, int]:
 
 def run_one(kind: str, batch: int, steps: int, warmup: int) -> dict:
     """One configuration in this process; returns its measurements."""
+    if kind == "gpu_2b":
+        return measure_train(
+            batch, steps, warmup, device="cuda", label=kind, random_shape=QWEN2_VL_2B, vocab_size=QWEN2_VL_2B_VOCAB,
+            # The real model's pixel budget, so images give as many tokens as with Qwen2-VL-2B.
+            pixel_budget=(56 * 56, 28 * 28 * 16384), head_size="ScaleDP_H", chunk_size=50, image_hw=(240, 320),
+            bf16=True, gradient_checkpointing=True, dataloader_num_workers=4,
+        )
+    from scripts.make_tiny_qwen2_vl import build_real_width_qwen2_vl, build_tiny_qwen2_vl
+
+    if kind.startswith("cpu_real_width"):
+        return measure_train(
+            batch, steps, warmup, label=kind, build_model_dir=build_real_width_qwen2_vl, head_size="ScaleDP_S",
+            chunk_size=50, image_hw=(240, 320), bf16=kind == "cpu_real_width_bf16",
+        )
+    return measure_train(batch, steps, warmup, label=kind, build_model_dir=build_tiny_qwen2_vl)
+
+
+def measure_train(
+    batch: int,
+    steps: int,
+    warmup: int,
+    *,
+    label: str = "",
+    device: str = "cpu",
+    random_shape: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
+    pixel_budget: tuple[int, int] | None = None,
+    build_model_dir: Callable[[Path], Path] | None = None,
+    head_size: str = "ScaleDP_tiny",
+    chunk_size: int = 16,
+    image_hw: tuple[int, int] = (56, 56),
+    bf16: bool = False,
+    gradient_checkpointing: bool = False,
+    attn_implementation: str | None = None,
+    use_liger_kernel: bool = False,
+    dataloader_num_workers: int = 0,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Train ``steps`` steps of batch ``batch`` with ``train_vla`` (``QWen2VLATrainer``) in this process; the
+    measurements of the steps after the first ``warmup`` (``warmup`` >= 1 and ``steps - warmup`` >= 2).
+
+    The model is either built from a config with random weights directly on ``device`` (``random_shape``:
+    ``build_config`` keyword arguments, e.g. :data:`QWEN2_VL_2B`; ``vocab_size`` overrides the tokenizer's;
+    ``pixel_budget`` ``(min, max)`` the processor's; nothing but config and processor is written), or a directory
+    ``build_model_dir(path)`` writes (e.g. ``build_tiny_qwen2_vl``), loaded by ``load_model`` as training does.
+    ``device``: ``"cpu"`` (``--use_cpu``) or ``"cuda"``. ``bf16``: ``--bf16 True`` (autocast over fp32 master
+    weights). ``attn_implementation``: set on the VLM (``"sdpa"``, ``"flash_attention_2"``; None: the default).
+    ``use_liger_kernel``: the Trainer's ``--use_liger_kernel``. Episodes: 2 of 80 steps at ``image_hw`` (H, W),
+    three cameras, generated under ``work_dir`` (default: a new temporary directory).
+
+    Returns samples/s, steps/s, tokens per sample, parameters per part (M), model TFLOP/s by the convention of
+    the module docstring (``flops_per_sample``), peak memory (GPU: torch max allocated; CPU: process max RSS)
+    and, on a GPU of :data:`PEAK_BF16_TFLOPS`, the MFU.
+    """
     import torch
     from transformers import TrainerCallback
 
@@ -70,62 +126,60 @@ def run_one(kind: str, batch: int, steps: int, warmup: int) -> dict:
     from aloha_scripts.constants import TASK_CONFIGS
     from qwen2_vla import Qwen2VLAForConditionalGeneration
     from scripts.make_example_episodes import make_example_episodes
-    from scripts.make_tiny_qwen2_vl import (
-        build_config,
-        build_processor,
-        build_real_width_qwen2_vl,
-        build_tiny_qwen2_vl,
-        build_tokenizer,
-    )
+    from scripts.make_tiny_qwen2_vl import build_config, build_processor, build_tiny_qwen2_vl, build_tokenizer
 
-    gpu = kind == "gpu_2b"
-    real_width = kind.startswith("cpu_real_width")
-    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    height, width = (240, 320) if gpu or real_width else (56, 56)
+    if warmup < 1 or steps - warmup < 2:
+        raise ValueError(f"need warmup >= 1 and at least 2 timed steps, got steps={steps}, warmup={warmup}")
+    gpu = device.startswith("cuda")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_", dir=work_dir))
+    height, width = image_hw
     episodes = tmp / "episodes"
     make_example_episodes(episodes, num_episodes=2, episode_len=80, height=height, width=width, seed=0)
     TASK_CONFIGS["bench_train"] = {"dataset_dir": [str(episodes)], "episode_len": 80, "camera_names": CAMERAS}
 
     model_dir = tmp / "model"
-    if gpu:
-        # Config, tokenizer and processor only: the weights are random and built on the GPU below.
+    if random_shape is not None:
+        # Config, tokenizer and processor only: the weights are random and built on the device below.
         tokenizer = build_tokenizer()
         processor = build_processor(tokenizer)
-        # The real model's pixel budget, so images give as many tokens as with Qwen2-VL-2B.
-        processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}
-        config = build_config(tokenizer, **QWEN2_VL_2B)
-        config.text_config.vocab_size = QWEN2_VL_2B_VOCAB
+        if pixel_budget is not None:
+            processor.image_processor.size = {"shortest_edge": pixel_budget[0], "longest_edge": pixel_budget[1]}
+        config = build_config(tokenizer, **random_shape)
+        if vocab_size is not None:
+            config.text_config.vocab_size = vocab_size
         config.save_pretrained(model_dir)
         processor.save_pretrained(model_dir)
-    elif real_width:
-        build_real_width_qwen2_vl(model_dir, seed=0)
     else:
-        build_tiny_qwen2_vl(model_dir, seed=0)
-    head_size = "ScaleDP_H" if gpu else "ScaleDP_S" if real_width else "ScaleDP_tiny"
+        (build_model_dir or build_tiny_qwen2_vl)(model_dir)
 
     image_size = f"({width},{height})"
     argv = [
         "--model_name_or_path", str(model_dir), "--task_name", "bench_train", "--output_dir", str(tmp / "out"),
-        "--use_reasoning", "True", "--state_dim", "14", "--action_dim", "14",
-        "--chunk_size", "50" if gpu or real_width else "16",
+        "--use_reasoning", "True", "--state_dim", "14", "--action_dim", "14", "--chunk_size", str(chunk_size),
         "--policy_head_type", "scale_dp_policy", "--policy_head_size", head_size,
         "--image_size_stable", image_size, "--image_size_wrist", image_size,
         "--per_device_train_batch_size", str(batch), "--max_steps", str(steps), "--save_strategy", "no",
         "--logging_steps", str(steps), "--report_to", "none", "--disable_tqdm", "True",
         "--learning_rate", "2e-5", "--augment_images", "False",
-        "--dataloader_num_workers", "4" if gpu else "0",
+        "--dataloader_num_workers", str(dataloader_num_workers),
     ]  # fmt: skip
-    if gpu:
-        argv += ["--bf16", "True", "--gradient_checkpointing", "True"]
-    else:
-        argv += ["--use_cpu", "True"] + (["--bf16", "True"] if kind == "cpu_real_width_bf16" else [])
+    argv += ["--bf16", "True"] if bf16 else []
+    argv += ["--gradient_checkpointing", "True"] if gradient_checkpointing else []
+    argv += ["--use_liger_kernel", "True"] if use_liger_kernel else []
+    argv += [] if gpu else ["--use_cpu", "True"]
     all_config, model_config = train_vla.parse_config(argv)
     model = None
-    if gpu:
-        with torch.device("cuda"):
+    if random_shape is not None:
+        with torch.device(device):
             model = Qwen2VLAForConditionalGeneration(model_config)
     pieces = train_vla.prepare(all_config, model_config, model=model)
-    if gpu:
+    if attn_implementation is not None:
+        # The VLM's own attention only: the policy head does not dispatch through transformers' attention.
+        pieces["model"].set_attn_implementation(
+            {"": attn_implementation, "text_config": attn_implementation, "vision_config": attn_implementation}
+        )
+    if random_shape is not None and gradient_checkpointing:
+        # load_model's step for loaded models: checkpointed layers need inputs that require grad.
         pieces["model"].enable_input_require_grads()
     params = _part_params(pieces["model"])
 
@@ -155,23 +209,39 @@ def run_one(kind: str, batch: int, steps: int, warmup: int) -> dict:
     flops_per_sample = 6 * (params["llm"] * text_tokens + params["vit"] * patches + params["head"] * chunk)
 
     result = {
-        "config": kind,
+        "config": label,
         "batch": batch,
         "steps_per_s": 1.0 / seconds_per_step,
         "samples_per_s": batch / seconds_per_step,
         "text_tokens": text_tokens,
         "patches": patches,
         "params_M": {k: v / 1e6 for k, v in params.items()},
+        "flops_per_sample": flops_per_sample,
         "model_tflops": flops_per_sample * batch / seconds_per_step / 1e12,
+        "attn_implementation": pieces["model"].config._attn_implementation,
+        "liger_patched_modules": _instance_patched_modules(pieces["model"]),
     }
     if gpu:
         name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
         result.update(device=name, peak_mem_GiB=torch.cuda.max_memory_allocated() / 2**30)
+        peak = peak_bf16_tflops(name)
         result["mfu"] = result["model_tflops"] / peak if peak else None
     else:
-        result.update(device=f"cpu x{torch.get_num_threads()} threads", peak_mem_GiB=_peak_rss_gib())
+        result.update(device=f"cpu x{torch.get_num_threads()} threads", peak_mem_GiB=_peak_rss_gib(), mfu=None)
+    del trainer, pieces, model
     return result
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    """Dense bf16 peak (TFLOP/s) of a GPU named ``device_name`` (:data:`PEAK_BF16_TFLOPS`), None if unknown."""
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
+
+
+def _instance_patched_modules(model) -> int:
+    """Submodules whose ``forward`` was replaced on the instance (how Liger patches a model; 0 without Liger).
+
+    The model itself is left out: accelerate wraps its ``forward`` for mixed precision."""
+    return sum(1 for name, module in model.named_modules() if name and "forward" in vars(module))
 
 
 def _peak_rss_gib() -> float:

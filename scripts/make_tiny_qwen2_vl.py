@@ -373,6 +373,24 @@ def build_config(
     )
 
 
+def build_generation_config(tokenizer: Any) -> Any:
+    """The ``GenerationConfig`` saved with the model, its token ids from ``tokenizer``.
+
+    Mirrors Qwen2-VL-2B-Instruct's generation_config (stop on <|im_end|> or <|endoftext|>), but greedy so that
+    tests are deterministic; the real one samples with top_k=1, which is greedy in effect as well.
+    """
+    from transformers import GenerationConfig
+
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return GenerationConfig(
+        bos_token_id=endoftext,
+        pad_token_id=endoftext,
+        eos_token_id=[im_end, endoftext],
+        do_sample=False,
+    )
+
+
 def build_tiny_qwen2_vl(
     out_dir: str | Path,
     seed: int = 0,
@@ -391,7 +409,7 @@ def build_tiny_qwen2_vl(
     (``"float32"`` or ``"bfloat16"``) is the dtype the weights are saved in and the one config.json names.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -406,17 +424,7 @@ def build_tiny_qwen2_vl(
         model = Qwen2VLForConditionalGeneration(config)
     # Initialised in float32, then stored in the dtype the config names (the download: bfloat16).
     model = model.to(getattr(torch, dtype)).eval()
-
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    # Mirrors Qwen2-VL-2B-Instruct's generation_config (stop on <|im_end|> or <|endoftext|>), but greedy so that
-    # tests are deterministic; the real one samples with top_k=1, which is greedy in effect as well.
-    model.generation_config = GenerationConfig(
-        bos_token_id=endoftext,
-        pad_token_id=endoftext,
-        eos_token_id=[im_end, endoftext],
-        do_sample=False,
-    )
+    model.generation_config = build_generation_config(tokenizer)
 
     model.save_pretrained(out)  # transformers 5.x always writes safetensors
     # Also writes tokenizer.json / tokenizer_config.json / chat_template.jinja (identical to tokenizer.save_pretrained),
