@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv test demo lint bench clean sim-benchmark
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ test: venv
 
 demo: venv
 	bash scripts/demo.sh
+
+# Closed-loop benchmark in gym-aloha: record, train on CPU (about 2 h on 2 cores), evaluate; re-run to resume.
+sim-benchmark: venv
+	bash scripts/sim_benchmark.sh
 
 lint: venv
 	$(PY) -m ruff check .

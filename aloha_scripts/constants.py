@@ -45,6 +45,13 @@ TASK_CONFIGS: dict[str, dict[str, Any]] = {
         "episode_len": 400,
         "camera_names": ["top", "left_wrist", "right_wrist"],
     },
+    # The closed-loop simulation benchmark's demonstrations (top camera only): `scripts/sim_benchmark.sh` records them.
+    "sim_transfer_cube_benchmark": {
+        "dataset_dir": [str(ARTIFACTS_DIR / "sim_benchmark_demos")],
+        "episode_len": 400,
+        "camera_names": ["top"],
+        "train_ratio": 1.0,
+    },
     # Scripted gym-aloha insertion demonstrations: `scripts/record_sim_episodes.py --task insertion`.
     "sim_insertion_scripted": {
         "dataset_dir": [str(ARTIFACTS_DIR / "sim_insertion_scripted")],

@@ -1,0 +1,150 @@
+"""The closed-loop simulation benchmark's bookkeeping: seeds, intervals, resumption, the report.
+
+The stages themselves (recording, train_vla, eval_dexvla on aloha_sim) have their own tests; here the
+benchmark's parts are exercised on fake stage outputs, and its training arguments through the real parser.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scripts.sim_benchmark import (
+    REWARD_STAGES,
+    SMOKE,
+    BenchmarkConfig,
+    SimBenchmark,
+    build_parser,
+    main,
+    split_evenly,
+    wilson_interval,
+)
+
+
+def test_eval_seeds_never_overlap_demo_seeds() -> None:
+    with pytest.raises(ValueError, match="demonstration seeds"):
+        BenchmarkConfig(num_demos=50, demo_seed=0, num_eval=10, eval_seed=45)
+    BenchmarkConfig(num_demos=50, demo_seed=0, num_eval=10, eval_seed=50)  # adjacent is fine
+
+
+def test_recorded_seed_overlap_is_caught(tmp_path: Path) -> None:
+    """The config check covers the intended seeds; the recorded summaries are checked too (a shard from elsewhere)."""
+    bench = SimBenchmark(BenchmarkConfig(num_eval=3, eval_seed=1000), tmp_path / "out", 1, tmp_path / "art")
+    shard = bench.demo_dir / "shard_0"
+    shard.mkdir(parents=True)
+    episodes = [{"seed": s, "file": f"episode_{i}.hdf5"} for i, s in enumerate([0, 1001])]
+    (shard / "record_summary.json").write_text(json.dumps({"episodes": episodes}))
+    with pytest.raises(AssertionError, match=r"\[1001\]"):
+        bench.eval_seeds()
+
+
+def test_wilson_interval() -> None:
+    low, high = wilson_interval(0, 50)
+    assert low == 0.0 and 0.05 < high < 0.09  # 0/50: not the normal interval's degenerate [0, 0]
+    low, high = wilson_interval(25, 50)
+    assert low < 0.5 < high and abs((0.5 - low) - (high - 0.5)) < 1e-9
+    assert 0.36 < low < 0.37 and 0.63 < high < 0.64
+    low, high = wilson_interval(50, 50)
+    assert high == pytest.approx(1.0) and 0.9 < low < 0.95
+
+
+def test_split_evenly_covers_everything_once() -> None:
+    for total, parts in [(50, 2), (7, 3), (2, 5), (1, 1)]:
+        slices = split_evenly(total, parts)
+        covered = [i for offset, count in slices for i in range(offset, offset + count)]
+        assert covered == list(range(total)) and all(count > 0 for _, count in slices)
+
+
+def test_train_args_parse_with_train_vla_parser(tmp_path: Path) -> None:
+    import transformers
+
+    from qwen2_vla.arguments import ActionHeadArguments, DataArguments, ModelArguments, TrainingArguments
+
+    bench = SimBenchmark(BenchmarkConfig(), tmp_path / "out", 1, tmp_path / "art")
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, ActionHeadArguments))
+    _, data_args, training_args, head_args = parser.parse_args_into_dataclasses(args=bench.train_args())
+    assert data_args.task_name == "sim_transfer_cube_benchmark" and data_args.chunk_size == 50
+    assert training_args.max_steps == 12000 and training_args.save_steps == 3000
+    assert head_args.policy_head_size == "ScaleDP_tiny"
+
+
+def test_resumed_run_must_keep_its_settings(tmp_path: Path) -> None:
+    SimBenchmark(BenchmarkConfig(steps=100, save_every=50), tmp_path, 1, tmp_path / "art").check_config()
+    with pytest.raises(SystemExit, match="steps"):
+        SimBenchmark(BenchmarkConfig(steps=200, save_every=50), tmp_path, 1, tmp_path / "art").check_config()
+
+
+def _fake_run(tmp_path: Path) -> tuple[SimBenchmark, list[dict]]:
+    config = BenchmarkConfig(num_demos=2, num_eval=4, steps=10, save_every=5)
+    bench = SimBenchmark(config, tmp_path / "out", 2, tmp_path / "art")
+    shard = bench.demo_dir / "shard_0"
+    shard.mkdir(parents=True)
+    demos = [{"seed": s, "file": f"episode_{s}.hdf5"} for s in (0, 1)]
+    (shard / "record_summary.json").write_text(json.dumps({"episodes": demos}))
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"mp4")
+    outcomes = [(4, True), (2, False), (1, False), (0, False)]
+    for strategy in config.strategies:
+        for k, (offset, count) in enumerate(split_evenly(config.num_eval, 2)):
+            part = bench.eval_dir(strategy, bench.final_checkpoint()) / f"part_{k}"
+            part.mkdir(parents=True)
+            episodes = [
+                {"seed": 1000 + i, "success": outcomes[i][1], "max_reward": outcomes[i][0],
+                 "return": float(outcomes[i][0] * 10), "infer_ms_mean": 20.0, "video": str(video)}
+                for i in range(offset, offset + count)
+            ]
+            (part / "sim_results.json").write_text(json.dumps({"complete": True, "episodes": episodes}))
+    state = bench.final_checkpoint() / "trainer_state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"log_history": [{"step": 5, "loss": 0.5}, {"step": 10, "loss": 0.1},
+                                                 {"train_runtime": 3.0, "step": 10}]}))
+    return bench, outcomes
+
+
+def test_report_scores_stages_and_picks_videos(tmp_path: Path) -> None:
+    bench, outcomes = _fake_run(tmp_path)
+    summary = bench.report([bench.final_checkpoint()])
+    assert [r["strategy"] for r in summary["results"]] == ["chunk", "temporal_agg"]
+    row = summary["results"][0]
+    assert row["episodes"] == 4 and row["successes"] == 1 and row["success_rate"] == 0.25
+    # Reaching stage k counts every episode whose best reward was >= k.
+    expected = {name: sum(r >= level for r, _ in outcomes) for level, name in REWARD_STAGES.items()}
+    assert row["reached"] == expected == {"touched": 3, "lifted": 2, "transfer_attempted": 1, "transferred": 1}
+    assert row["mean_return"] == pytest.approx(17.5)
+    assert summary["training_curve"] == [{"step": 5, "loss": 0.5, "learning_rate": None},
+                                         {"step": 10, "loss": 0.1, "learning_rate": None}]
+    assert set(summary["videos"]) == {"success", "failure"}
+    assert (bench.out / summary["videos"]["success"]).exists()
+    md = (bench.out / "summary.md").read_text()
+    assert "| checkpoint-10 | chunk (exec 25) | 1/4 (25%) |" in md and "1000-1003" in md
+
+
+def test_finished_eval_parts_are_not_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench, _ = _fake_run(tmp_path)
+    launched = []
+    monkeypatch.setattr("scripts.sim_benchmark.run_parallel", lambda commands, env: launched.extend(commands))
+    bench.evaluate("chunk", bench.final_checkpoint())
+    assert launched == []
+    # A part whose results are incomplete (an interrupted run) is run again, and only that part.
+    part = bench.eval_dir("chunk", bench.final_checkpoint()) / "part_1" / "sim_results.json"
+    part.write_text(json.dumps({"complete": False, "episodes": []}))
+    bench.evaluate("chunk", bench.final_checkpoint())
+    assert len(launched) == 1
+    argv = launched[0][0]
+    assert argv[argv.index("--seed") + 1] == "1002" and argv[argv.index("--num_episodes") + 1] == "2"
+    assert argv[argv.index("--exec_horizon") + 1] == "25"
+
+
+def test_cli_defaults_match_the_config_and_smoke_is_small() -> None:
+    args = build_parser().parse_args([])
+    assert args.steps == BenchmarkConfig().steps and args.strategies == ["chunk", "temporal_agg"]
+    smoke = BenchmarkConfig(**SMOKE)
+    assert smoke.steps < 10 and smoke.num_demos <= 2 and smoke.max_episode_steps
+
+
+def test_overlapping_seeds_fail_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="demonstration seeds"):
+        main(["--out", str(tmp_path), "--eval_seed", "10", "--stages", "report"])
+    assert not (tmp_path / "config.json").exists()
