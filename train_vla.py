@@ -1,6 +1,6 @@
 """Train DexVLA (stage 2 and stage 3; DiVLA with LoRA) -- seed notes: 训练 Overview.
 
-    parse_param()  command line -> four argument dataclasses + the Qwen2VLAConfig
+    parse_param()  command line -> four argument dataclasses + the VLA config (of the checkpoint's backbone)
     main()         task config -> tokenizer/processor -> load_model -> Qwen2VLAProcess -> load_data
     train_bc()     collator -> QWen2VLATrainer -> train (resume) -> final save (+ merged LoRA export)
 
@@ -26,7 +26,7 @@ import transformers
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedConfig
 from transformers.trainer_utils import get_last_checkpoint
 
-import qwen2_vla  # noqa: F401  (registers qwen2_vla with the Auto classes)
+import qwen2_vla  # noqa: F401  (registers the VLA model types with the Auto classes)
 from aloha_scripts.constants import get_task_config
 from data_utils.data_collator import Qwen2VLADataCollatorForSupervisedDataset
 from data_utils.dataset import training_crop_ratio
@@ -41,7 +41,7 @@ from qwen2_vla.arguments import (
     TrainingArguments,
     check_argument_combinations,
 )
-from qwen2_vla.configuration_qwen2_vla import Qwen2VLAConfig
+from qwen2_vla.configuration_qwen2_vla import VLA_CONFIG_CLASSES, VLAConfigMixin, vla_config_from_vlm
 from qwen2_vla.model_load_utils import load_model
 from qwen2_vla.robot_data_processor import Qwen2VLAProcess
 from qwen2_vla.trainer import QWen2VLATrainer, resume_arg
@@ -58,7 +58,7 @@ def make_rank0_print(training_args: TrainingArguments) -> Callable[..., None]:
     return rank0_print
 
 
-def _check_checkpoint_head(config: Qwen2VLAConfig, data_args: DataArguments, head_args: ActionHeadArguments) -> None:
+def _check_checkpoint_head(config: VLAConfigMixin, data_args: DataArguments, head_args: ActionHeadArguments) -> None:
     """A VLA checkpoint fixes the head's shape; the command line must agree with it."""
     head = config.policy_head_config
     expected = {
@@ -79,16 +79,17 @@ def build_model_config(
     data_args: DataArguments,
     training_args: TrainingArguments,
     head_args: ActionHeadArguments,
-) -> Qwen2VLAConfig:
-    """The VLA config: from a VLA checkpoint as saved, or a stock Qwen2-VL config plus a new policy head."""
+) -> VLAConfigMixin:
+    """The VLA config: from a VLA checkpoint as saved, or a stock backbone config (Qwen2-VL, Qwen2.5-VL or
+    Qwen3-VL, by its model_type) plus a new policy head."""
     base = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
-    if model_args.load_pretrain_dit and (training_args.load_pretrain or isinstance(base, Qwen2VLAConfig)):
+    if model_args.load_pretrain_dit and (training_args.load_pretrain or isinstance(base, VLAConfigMixin)):
         raise ValueError(
             "load_pretrain_dit=True would overwrite the trained policy head of the VLA checkpoint in "
             f"model_name_or_path ({model_args.model_name_or_path}, load_pretrain={training_args.load_pretrain}); "
             "stage-1 weights belong to stage 2 only"
         )
-    if isinstance(base, Qwen2VLAConfig):
+    if isinstance(base, VLAConfigMixin):
         _check_checkpoint_head(base, data_args, head_args)
         if base.using_film != model_args.using_film:
             raise ValueError(
@@ -104,9 +105,10 @@ def build_model_config(
             f"load_pretrain=True (stage 3) needs a trained VLA in model_name_or_path, but "
             f"{model_args.model_name_or_path} is a {base.model_type!r} model"
         )
-    if base.model_type != "qwen2_vl":
+    if base.model_type not in VLA_CONFIG_CLASSES:
         raise ValueError(
-            f"model_name_or_path must be a Qwen2-VL or Qwen2-VLA model, got model_type={base.model_type!r}"
+            f"model_name_or_path must be a stock {' / '.join(VLA_CONFIG_CLASSES)} model or a VLA checkpoint of one, "
+            f"got model_type={base.model_type!r} ({model_args.model_name_or_path})"
         )
     head_config: PreTrainedConfig = build_policy_head_config(
         head_args.policy_head_type,
@@ -116,7 +118,7 @@ def build_model_config(
         chunk_size=data_args.chunk_size,
         model_size=head_args.policy_head_size,
     )
-    return Qwen2VLAConfig.from_qwen2_vl_config(
+    return vla_config_from_vlm(
         base,
         head_config,
         using_film=model_args.using_film,
@@ -145,7 +147,7 @@ def use_single_process_rendezvous() -> None:
 
 def parse_param(
     argv: Sequence[str] | None = None,
-) -> tuple[ModelArguments, DataArguments, TrainingArguments, ActionHeadArguments, Qwen2VLAConfig, dict[str, Any]]:
+) -> tuple[ModelArguments, DataArguments, TrainingArguments, ActionHeadArguments, VLAConfigMixin, dict[str, Any]]:
     """Parse the command line (``argv`` or ``sys.argv``) into the reference's six values.
 
     Returns ``(model_args, data_args, training_args, action_head_args, model_config,
@@ -158,7 +160,9 @@ def parse_param(
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, ActionHeadArguments))
     model_args, data_args, training_args, head_args = parser.parse_args_into_dataclasses(args=argv)
     if not model_args.model_name_or_path:
-        parser.error("--model_name_or_path is required (a Qwen2-VL directory or a Qwen2-VLA checkpoint)")
+        parser.error(
+            "--model_name_or_path is required (a stock Qwen2-VL, Qwen2.5-VL or Qwen3-VL directory, or a VLA checkpoint)"
+        )
     check_argument_combinations(model_args, data_args, training_args, head_args)
     model_config = build_model_config(model_args, data_args, training_args, head_args)
     bnb_args = {"bits": training_args.bits} if training_args.bits in (4, 8) else {}
@@ -307,7 +311,7 @@ def check_resumed_stats(checkpoint_dir: str, stats: NormStats) -> None:
 
 
 def prepare(
-    all_config: dict[str, Any], model_config: Qwen2VLAConfig, model: torch.nn.Module | None = None
+    all_config: dict[str, Any], model_config: VLAConfigMixin, model: torch.nn.Module | None = None
 ) -> dict[str, Any]:
     """Everything ``train_bc`` needs: task, tokenizer, processor, model (``load_model``), datasets, statistics.
 
@@ -379,14 +383,14 @@ def prepare(
 
 def main(
     all_config: dict[str, Any],
-    model_config: Qwen2VLAConfig,
+    model_config: VLAConfigMixin,
     callbacks: list[transformers.TrainerCallback] | None = None,
 ) -> QWen2VLATrainer:
     """Load everything the task needs and train (the reference's ``main``); ``callbacks`` go to the Trainer."""
     return train_bc(config=all_config, callbacks=callbacks, **prepare(all_config, model_config))
 
 
-def parse_config(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], Qwen2VLAConfig]:
+def parse_config(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], VLAConfigMixin]:
     """``parse_param`` packed as the reference's ``all_config`` dict plus the model config."""
     model_args, data_args, training_args, head_args, model_config, bnb_args = parse_param(argv)
     all_config = {

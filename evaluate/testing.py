@@ -41,7 +41,7 @@ def build_tiny_checkpoint(
     pixel_budget: tuple[int, int] | None = None,
     head_init_std: float | None = 0.1,
 ) -> Path:
-    """A freshly initialised VLA on ``base_model_dir`` (a stock tiny Qwen2-VL) with statistics of ``episodes_dir``.
+    """A freshly initialised VLA on ``base_model_dir`` (a stock tiny Qwen2-VL, Qwen2.5-VL or Qwen3-VL) with statistics of ``episodes_dir``.
 
     Args:
         image_size: ``(width, height)`` of the stable cameras (and of the wrist cameras unless
@@ -59,7 +59,7 @@ def build_tiny_checkpoint(
     import qwen2_vla  # noqa: F401
     from data_utils.utils import get_norm_stats
     from policy_heads import build_policy_head_config
-    from qwen2_vla import Qwen2VLAConfig, Qwen2VLAForConditionalGeneration
+    from qwen2_vla import vla_config_from_vlm, vla_model_class
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,11 +72,11 @@ def build_tiny_checkpoint(
         "scale_dp_policy", base.text_config.hidden_size, stats.state_dim, stats.action_dim, chunk_size, policy_head_size
     )
     wrist = image_size if image_size_wrist is None else image_size_wrist
-    config = Qwen2VLAConfig.from_qwen2_vl_config(
+    config = vla_config_from_vlm(
         base, head, image_size_stable=f"({image_size[0]},{image_size[1]})", image_size_wrist=f"({wrist[0]},{wrist[1]})"
     )
     torch.manual_seed(seed)
-    model = Qwen2VLAForConditionalGeneration.from_pretrained(base_model_dir, config=config)
+    model = vla_model_class(config).from_pretrained(base_model_dir, config=config)
     if head_init_std is not None:
         _leave_zero_start(model, head_init_std, seed)
     model.save_pretrained(out_dir)

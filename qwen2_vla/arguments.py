@@ -215,7 +215,8 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A stock Qwen2-VL directory (stage 2 / DiVLA) or a Qwen2-VLA checkpoint (stage 3); required."
+            "help": "A stock Qwen2-VL, Qwen2.5-VL or Qwen3-VL directory (stage 2 / DiVLA) or a VLA checkpoint "
+            "(stage 3); required."
         },
     )
     version: str = field(default="v0", metadata={"help": _legacy_help("version")})

@@ -27,9 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from qwen2_vla.configuration_qwen2_vla import Qwen2VLAConfig
-from qwen2_vla.modeling_qwen2_vla import Qwen2VLAForConditionalGeneration
+from qwen2_vla.configuration_qwen2_vla import VLAConfigMixin
+from qwen2_vla.modeling_qwen2_vla import VLAMixin, vla_model_class
 
+# The same in every backbone (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): ``self.model.visual`` (with its merger and, for
+# Qwen3-VL, its deepstack mergers) and ``self.model.language_model``; ``lm_head`` goes with the language model.
 VISION_PREFIX = "model.visual."
 LANGUAGE_PREFIX = "model.language_model."
 HEAD_PREFIX = "policy_head."
@@ -44,6 +46,7 @@ def lora_target_modules(model: nn.Module, lora_modules: list[str]) -> list[str]:
     Exact names (not substrings such as "visual"): the reference's exclusion names never
     matched Qwen2-VL's modules, so its LoRA landed everywhere.
     """
+    check_part_prefixes(model)
     prefixes = {"vit": VISION_PREFIX, "llm": LANGUAGE_PREFIX, "di_head": HEAD_PREFIX}
     chosen = tuple(prefixes[m] for m in lora_modules)
     targets = []
@@ -54,6 +57,19 @@ def lora_target_modules(model: nn.Module, lora_modules: list[str]) -> list[str]:
             continue
         targets.append(name)
     return targets
+
+
+def check_part_prefixes(model: nn.Module) -> None:
+    """Fail clearly when ``model`` lacks the vision tower or language model the freeze and LoRA flags address
+    (``VISION_PREFIX``, ``LANGUAGE_PREFIX``): a backbone laid out otherwise would silently train everything."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = {name for name, _ in base.named_modules()}
+    missing = [prefix.rstrip(".") for prefix in (VISION_PREFIX, LANGUAGE_PREFIX) if prefix.rstrip(".") not in names]
+    if missing:
+        raise ValueError(
+            f"{type(base).__name__} has no module {' or '.join(missing)}: the freeze and LoRA flags cannot find "
+            "its vision tower / language model"
+        )
 
 
 def _modules_to_save(model: nn.Module, lora_modules: list[str]) -> list[str]:
@@ -141,14 +157,17 @@ def _is_lora_checkpoint(path: str | os.PathLike) -> bool:
 
 def from_pretrained_vla(
     path: str | os.PathLike,
-    config: Qwen2VLAConfig | None = None,
+    config: VLAConfigMixin | None = None,
     **kwargs: Any,
-) -> Qwen2VLAForConditionalGeneration:
-    """Load a VLA from a stock Qwen2-VL dir (needs ``config``), a VLA checkpoint, or a LoRA checkpoint.
+) -> VLAMixin:
+    """Load a VLA from a stock backbone dir (needs ``config``), a VLA checkpoint, or a LoRA checkpoint.
 
-    A LoRA checkpoint (``adapter_config.json``) is loaded onto its base model and merged, so stage 3
-    and evaluation get a plain model either way.
+    The class follows the config (``qwen2_vla``, ``qwen2_5_vla`` or ``qwen3_vla``). A LoRA checkpoint
+    (``adapter_config.json``) is loaded onto its base model and merged, so stage 3 and evaluation get a
+    plain model either way.
     """
+    from transformers import AutoConfig
+
     if _is_lora_checkpoint(path):
         from peft import PeftModel
 
@@ -162,15 +181,18 @@ def from_pretrained_vla(
                 "load the merged export of the LoRA run instead"
             )
         if config is None:
-            config = Qwen2VLAConfig.from_pretrained(path)
-        base = Qwen2VLAForConditionalGeneration.from_pretrained(base_path, config=config, **kwargs)
+            config = AutoConfig.from_pretrained(path, cache_dir=kwargs.get("cache_dir"))
+        base = vla_model_class(config).from_pretrained(base_path, config=config, **kwargs)
         return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
-    return Qwen2VLAForConditionalGeneration.from_pretrained(str(path), config=config, **kwargs)
+    if config is None:
+        config = AutoConfig.from_pretrained(path, cache_dir=kwargs.get("cache_dir"))
+    return vla_model_class(config).from_pretrained(str(path), config=config, **kwargs)
 
 
 def set_trainable(model: nn.Module, training_args: Any) -> None:
     """Apply the freezing flags (see the module docstring); LoRA weights always stay trainable."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    check_part_prefixes(base)
     head_via_lora = bool(training_args.lora_enable) and "di_head" in training_args.lora_modules
     for name, param in base.named_parameters():
         if "original_module" in name:  # PEFT's frozen copy of a fully trained module
@@ -190,7 +212,7 @@ def set_trainable(model: nn.Module, training_args: Any) -> None:
 
 def load_model(
     config: dict[str, Any],
-    qwen2_vla_config: Qwen2VLAConfig,
+    qwen2_vla_config: VLAConfigMixin,
     rank0_print: Callable[..., None] = print,
     tokenizer: Any = None,
 ) -> tuple[nn.Module, Any]:
@@ -198,7 +220,7 @@ def load_model(
 
     Args:
         config: ``all_config`` with ``model_args``, ``data_args``, ``training_args``, ``action_head_args``.
-        qwen2_vla_config: the VLA config (from ``parse_param``).
+        qwen2_vla_config: the VLA config of any backbone (from ``parse_param``).
         tokenizer: unused here; kept for the reference's signature.
 
     Returns:

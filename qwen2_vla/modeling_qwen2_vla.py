@@ -1,4 +1,12 @@
-"""DexVLA model: stock Qwen2-VL + fusion + diffusion expert, as a subclass (no copied modeling file).
+"""DexVLA model: a stock Qwen-VL + fusion + diffusion expert, as a subclass (no copied modeling file).
+
+One code path for every backbone: ``VLAMixin`` holds the head, the fusion, the training forward and
+``predict_action``, and only reads what all of Qwen2-VL, Qwen2.5-VL and Qwen3-VL share (``self.model`` with
+``visual`` and ``language_model.norm``, ``lm_head``, the last layer's hidden states, the processor's
+``pixel_values``/``image_grid_thw``/``mm_token_type_ids``); each backbone is a one-line subclass of the stock
+``...ForConditionalGeneration`` (``Qwen2VLAForConditionalGeneration``, ``Qwen2_5_VLAForConditionalGeneration``,
+``Qwen3VLAForConditionalGeneration``), whose own forward keeps its vision tower (window attention, deepstack),
+rope index and generation.
 
 Training: ``forward(..., actions, states, is_pad)`` -> ``Qwen2VLAOutput(loss, llm_loss, action_loss, ...)``
 with ``loss = action_loss + llm_loss_weight * llm_loss``.
@@ -11,11 +19,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModel, PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
+from transformers import (
+    AutoModel,
+    PreTrainedConfig,
+    PreTrainedTokenizerBase,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
+)
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from qwen2_vla.configuration_qwen2_vla import Qwen2VLAConfig
+from qwen2_vla.configuration_qwen2_vla import Qwen2_5_VLAConfig, Qwen2VLAConfig, Qwen3VLAConfig, VLAConfigMixin
 from qwen2_vla.fusion import ReasoningFusion, ZeroInitLinear, masked_mean, split_prompt_answer
 
 IGNORE_INDEX = -100
@@ -55,17 +70,16 @@ class Qwen2VLAActionOutput(ModelOutput):
     reasoning: list[str] | None = None
 
 
-class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
-    """Qwen2-VL with a diffusion-expert action head (``policy_head``) fed by ``fusion``."""
+class VLAMixin:
+    """A Qwen-VL ``...ForConditionalGeneration`` with a diffusion-expert action head (``policy_head``) fed by
+    ``fusion``; listed before the stock class: ``class XVLA(VLAMixin, XForConditionalGeneration)``."""
 
-    config_class = Qwen2VLAConfig
-
-    def __init__(self, config: Qwen2VLAConfig) -> None:
+    def __init__(self, config: VLAConfigMixin) -> None:
         super().__init__(config)
         if config.policy_head_config is None:
             raise ValueError(
-                "Qwen2VLAConfig.policy_head_config is None: build one with policy_heads.build_policy_head_config "
-                "(or Qwen2VLAConfig.from_qwen2_vl_config for a stock Qwen2-VL checkpoint)"
+                f"{type(config).__name__}.policy_head_config is None: build one with "
+                "policy_heads.build_policy_head_config (or vla_config_from_vlm for a stock checkpoint)"
             )
         hidden_size = config.text_config.hidden_size
         self.policy_head = AutoModel.from_config(config.policy_head_config)
@@ -129,7 +143,7 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
         Args:
             input_ids: ``(B, L)``; attention_mask: ``(B, L)``; labels: ``(B, L)`` with -100 on the prompt.
             actions: ``(B, T, action_dim)`` normalised target chunk; states: ``(B, state_dim)``;
-            is_pad: ``(B, T)`` true on padded steps. Other keyword arguments go to Qwen2-VL
+            is_pad: ``(B, T)`` true on padded steps. Other keyword arguments go to the backbone
             (``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``, ``cache``, ...).
         """
         # Named (not **kwargs) because generate() inspects this signature to decide what it passes,
@@ -344,6 +358,43 @@ class Qwen2VLAForConditionalGeneration(Qwen2VLForConditionalGeneration):
         return sequences, _full_mask(attention_mask, sequences[:, prompt_len:], eos_ids), hidden_states
 
 
+class Qwen2VLAForConditionalGeneration(VLAMixin, Qwen2VLForConditionalGeneration):
+    """Qwen2-VL with the VLA's head and fusion (see ``VLAMixin``)."""
+
+    config_class = Qwen2VLAConfig
+
+
+class Qwen2_5_VLAForConditionalGeneration(VLAMixin, Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL with the VLA's head and fusion (see ``VLAMixin``)."""
+
+    config_class = Qwen2_5_VLAConfig
+
+
+class Qwen3VLAForConditionalGeneration(VLAMixin, Qwen3VLForConditionalGeneration):
+    """Qwen3-VL with the VLA's head and fusion (see ``VLAMixin``)."""
+
+    config_class = Qwen3VLAConfig
+
+
+# VLA config class -> VLA model class; with ``VLA_CONFIG_CLASSES`` this is the whole backbone registry.
+VLA_MODEL_CLASSES: dict[type[VLAConfigMixin], type[VLAMixin]] = {
+    Qwen2VLAConfig: Qwen2VLAForConditionalGeneration,
+    Qwen2_5_VLAConfig: Qwen2_5_VLAForConditionalGeneration,
+    Qwen3VLAConfig: Qwen3VLAForConditionalGeneration,
+}
+
+
+def vla_model_class(config: PreTrainedConfig) -> type[VLAMixin]:
+    """The VLA model class of a VLA config (``qwen2_vla``, ``qwen2_5_vla`` or ``qwen3_vla``)."""
+    for config_class, model_class in VLA_MODEL_CLASSES.items():
+        if type(config) is config_class:
+            return model_class
+    raise ValueError(
+        f"{type(config).__name__} (model_type={config.model_type!r}) is not a VLA config; expected one of "
+        f"{sorted(c.model_type for c in VLA_MODEL_CLASSES)}"
+    )
+
+
 def _full_mask(attention_mask: torch.Tensor, generated: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
     """``(B, L + G)``: the prompt's attention mask, then true on each row's answer (up to its first EOS)."""
     return torch.cat([attention_mask, _answer_mask(generated, eos_token_id).to(attention_mask.dtype)], dim=1)
@@ -385,4 +436,13 @@ def _answer_mask(generated: torch.Tensor, eos_token_id: int | list[int] | None) 
     return ~after_eos
 
 
-__all__ = ["Qwen2VLAActionOutput", "Qwen2VLAForConditionalGeneration", "Qwen2VLAOutput"]
+__all__ = [
+    "VLA_MODEL_CLASSES",
+    "Qwen2VLAActionOutput",
+    "Qwen2VLAForConditionalGeneration",
+    "Qwen2VLAOutput",
+    "Qwen2_5_VLAForConditionalGeneration",
+    "Qwen3VLAForConditionalGeneration",
+    "VLAMixin",
+    "vla_model_class",
+]

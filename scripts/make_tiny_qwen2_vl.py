@@ -65,37 +65,45 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 # "Picture N: " prefixes via ``add_vision_id``, and ``<|im_start|>assistant\n`` as generation prompt.
 # No whitespace-control dashes and never a newline right after a ``%}``: transformers renders chat templates with
 # trim_blocks=True, which would silently drop such newlines.
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}"
-    "{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}"
-    "{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
-)
+def build_chat_template(system_prompt: str | None = SYSTEM_PROMPT) -> str:
+    """The Qwen-VL chat format; ``system_prompt`` is the default system turn (Qwen3-VL has none: ``None``)."""
+    default_system = (
+        "{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\n" + system_prompt + "<|im_end|>\n"
+        "{% endif %}"
+        if system_prompt is not None
+        else ""
+    )
+    return (
+        "{% set image_count = namespace(value=0) %}"
+        "{% set video_count = namespace(value=0) %}"
+        "{% for message in messages %}" + default_system + "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}"
+        "{{ message['content'] }}"
+        "{% else %}"
+        "{% for content in message['content'] %}"
+        "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+        "{% set image_count.value = image_count.value + 1 %}"
+        "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+        "<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif content['type'] == 'video' or 'video' in content %}"
+        "{% set video_count.value = video_count.value + 1 %}"
+        "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+        "<|vision_start|><|video_pad|><|vision_end|>"
+        "{% elif 'text' in content %}"
+        "{{ content['text'] }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% endif %}"
+        "<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}"
+        "<|im_start|>assistant\n"
+        "{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = build_chat_template(SYSTEM_PROMPT)
 
 # Pixel budget of the image processor. smart_resize rounds each side to a multiple of patch*merge = 28, so a
 # 56x56 .. 69x69 camera image becomes 56x56 -> grid 4x4 patches -> 4 image tokens after the 2x2 merge; the cap of
@@ -244,8 +252,16 @@ def train_bpe(corpus: Sequence[str], vocab_size: int) -> tuple[dict[str, int], l
     return vocab, merges
 
 
-def build_tokenizer(bpe_vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> Any:
-    """Train the BPE and wrap it in a stock ``Qwen2Tokenizer`` with Qwen2-VL's special tokens and chat template."""
+def build_tokenizer(
+    bpe_vocab_size: int = DEFAULT_BPE_VOCAB_SIZE,
+    added_tokens: Sequence[str] = (),
+    chat_template: str = CHAT_TEMPLATE,
+) -> Any:
+    """Train the BPE and wrap it in a stock ``Qwen2Tokenizer`` with Qwen2-VL's special tokens and chat template.
+
+    ``added_tokens``: later Qwen tokenizers' extra (non-special) tokens, at the ids right after the special ones
+    (Qwen2.5-VL's ``<tool_call>`` .. ``<|file_sep|>``, Qwen3-VL's ``<think>`` ...).
+    """
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
@@ -253,7 +269,7 @@ def build_tokenizer(bpe_vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> Any:
     n_bpe = len(vocab)
     # Special tokens go *into* the BPE vocab at fixed ids; otherwise Qwen2Tokenizer hands eos/pad the first free
     # ids at construction time and the order would differ from the real model.
-    for offset, token in enumerate(SPECIAL_TOKENS):
+    for offset, token in enumerate((*SPECIAL_TOKENS, *added_tokens)):
         vocab[token] = n_bpe + offset
 
     tokenizer = Qwen2Tokenizer(
@@ -270,8 +286,10 @@ def build_tokenizer(bpe_vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> Any:
         errors="replace",
     )
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS], special_tokens=True)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    for offset, token in enumerate(SPECIAL_TOKENS):
+    if added_tokens:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
+    tokenizer.chat_template = chat_template
+    for offset, token in enumerate((*SPECIAL_TOKENS, *added_tokens)):
         got = tokenizer.convert_tokens_to_ids(token)
         if got != n_bpe + offset:
             raise RuntimeError(f"special token {token} got id {got}, expected {n_bpe + offset}")
@@ -408,20 +426,27 @@ def build_tiny_qwen2_vl(
     does not depend on the seed at all. ``config_kwargs`` are forwarded to :func:`build_config`. ``dtype``
     (``"float32"`` or ``"bfloat16"``) is the dtype the weights are saved in and the one config.json names.
     """
-    import torch
     from transformers import Qwen2VLForConditionalGeneration
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
     tokenizer = build_tokenizer(bpe_vocab_size)
     processor = build_processor(tokenizer, min_pixels=min_pixels, max_pixels=max_pixels)
     config = build_config(tokenizer, tie_word_embeddings=tie_word_embeddings, dtype=dtype, **config_kwargs)
+    return save_tiny_checkpoint(out_dir, Qwen2VLForConditionalGeneration, config, tokenizer, processor, seed, dtype)
 
+
+def save_tiny_checkpoint(
+    out_dir: str | Path, model_class: type, config: Any, tokenizer: Any, processor: Any, seed: int, dtype: str
+) -> Path:
+    """Initialise ``model_class(config)`` from ``seed``, give it greedy Qwen-style generation settings, and save it
+    with ``processor`` (tokenizer, chat template, image/video processors) into ``out_dir``."""
+    import torch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     # fork_rng: seed locally without clobbering the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(config)
+        model = model_class(config)
     # Initialised in float32, then stored in the dtype the config names (the download: bfloat16).
     model = model.to(getattr(torch, dtype)).eval()
     model.generation_config = build_generation_config(tokenizer)

@@ -47,6 +47,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"))
 
 
+BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+@pytest.fixture(scope="session", params=BACKBONES)
+def tiny_backbone_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stock tiny checkpoint of each backbone (``scripts/make_tiny_vlm.py``); Qwen2-VL is ``tiny_model_dir``."""
+    if request.param == "qwen2_vl":
+        return request.getfixturevalue("tiny_model_dir")
+    from scripts.make_tiny_vlm import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp(f"tiny_{request.param}"), request.param)
+
+
 @pytest.fixture(scope="session")
 def tiny_vla_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, episodes_dir: Path) -> Path:
     """A self-contained (untrained) tiny VLA checkpoint directory, as evaluation loads it. Read-only.
