@@ -75,8 +75,8 @@ class BenchmarkConfig:
     batch_size: int = 16
     learning_rate: float = 1e-3
     lr_scheduler: str = "cosine"
-    steps: int = 12000
-    save_every: int = 3000
+    steps: int = 8000
+    save_every: int = 2000
     head_size: str = "ScaleDP_tiny"
     strategies: list[str] = field(default_factory=lambda: ["chunk", "temporal_agg"])
     exec_horizon: int = 25
@@ -269,7 +269,8 @@ class SimBenchmark:
             "--learning_rate", str(c.learning_rate), "--weight_decay", "0.0", "--lr_scheduler_type", c.lr_scheduler,
             "--warmup_ratio", "0.02", "--max_steps", str(c.steps), "--save_strategy", "steps",
             "--save_steps", str(c.save_every), "--logging_steps", str(max(1, min(100, c.steps // 20))),
-            "--dataloader_num_workers", "0", "--report_to", "none", "--disable_tqdm", "True",
+            # One loader process decodes and augments frames on the second core while the first trains.
+            "--dataloader_num_workers", "1", "--report_to", "none", "--disable_tqdm", "True",
         ]
 
     def final_checkpoint(self) -> Path:
@@ -303,7 +304,8 @@ class SimBenchmark:
         write_json_atomic(done, {"seconds_this_session": time.perf_counter() - start, "steps": self.config.steps})
 
     def eval_dir(self, strategy: str, checkpoint: Path) -> Path:
-        return self.out / "eval" / checkpoint.name / strategy
+        """``strategy``: ``chunk``, ``temporal_agg``, ``async``, or ``chunk@H`` (chunk executing ``H`` actions)."""
+        return self.out / "eval" / checkpoint.name / strategy.replace("@", "_exec")
 
     def evaluate(self, strategy: str, checkpoint: Path, num_eval: int | None = None, videos: bool = True) -> None:
         c = self.config
@@ -317,13 +319,14 @@ class SimBenchmark:
                 if saved.get("complete") and len(saved.get("episodes", [])) == count and \
                         saved["episodes"][0]["seed"] == seeds[offset]:
                     continue
+            name, _, horizon = strategy.partition("@")
             argv = [self.python, "-m", "evaluate.eval_dexvla", "--ckpt", str(checkpoint), "--robot", "aloha_sim",
                     "--task", SIM_TASK, "--num_episodes", str(count), "--seed", str(seeds[offset]),
                     "--sim_height", str(c.height), "--sim_width", str(c.width), "--max_new_tokens", "0",
-                    "--strategy", strategy, "--warmup", "1", "--out", str(part)]
-            if strategy == "chunk":
-                argv += ["--exec_horizon", str(c.exec_horizon)]
-            if strategy == "temporal_agg":
+                    "--strategy", name, "--warmup", "1", "--out", str(part)]
+            if name == "chunk":
+                argv += ["--exec_horizon", horizon or str(c.exec_horizon)]
+            if name == "temporal_agg":
                 argv += ["--temporal_k", str(c.temporal_k)]
             if c.max_episode_steps:
                 argv += ["--max_steps", str(c.max_episode_steps)]
@@ -363,12 +366,12 @@ class SimBenchmark:
         return [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
                 for h in history if "loss" in h]
 
-    def report(self, checkpoints: Sequence[Path]) -> dict[str, Any]:
+    def report(self, checkpoints: Sequence[Path], extra_strategies: Sequence[str] = ()) -> dict[str, Any]:
         c = self.config
         final = self.final_checkpoint()
         rows = []
         for checkpoint in checkpoints:
-            for strategy in c.strategies if checkpoint == final else c.strategies[:1]:
+            for strategy in [*c.strategies, *extra_strategies] if checkpoint == final else c.strategies[:1]:
                 episodes = self.episodes(strategy, checkpoint)
                 if episodes:
                     rows.append({"checkpoint": checkpoint.name, "steps": int(checkpoint.name.split("-")[-1]),
@@ -418,7 +421,8 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     for r in summary["results"]:
         n = r["episodes"]
-        strategy = r["strategy"] + (f" (exec {c['exec_horizon']})" if r["strategy"] == "chunk" else "")
+        name, _, horizon = r["strategy"].partition("@")
+        strategy = name + (f" (exec {horizon or c['exec_horizon']})" if name == "chunk" else "")
         reached = " | ".join(f"{r['reached'][name]}/{n}" for name in REWARD_STAGES.values())
         infer = "-" if r["infer_ms_mean"] is None else f"{r['infer_ms_mean']:.0f}"
         lines.append(
@@ -446,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also evaluate these intermediate checkpoints (steps) with the first strategy")
     parser.add_argument("--ablation_eval", type=int, default=None,
                         help="episodes per intermediate checkpoint (default: --num_eval)")
+    parser.add_argument("--ablate_exec", type=int, nargs="*", default=[],
+                        help="also evaluate the final checkpoint with chunk executing each of these horizons")
     parser.add_argument("--smoke", action="store_true", help="toy sizes: 2 demos, 4 steps, 2 short eval episodes")
     for name, value in asdict(defaults).items():
         if name in ("model_widths", "model_max_pixels", "keep_failed_demos"):
@@ -491,10 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.eval_seeds()
             for strategy in config.strategies:
                 bench.evaluate(strategy, bench.final_checkpoint())
+            for horizon in args.ablate_exec:
+                bench.evaluate(f"chunk@{horizon}", bench.final_checkpoint(), args.ablation_eval, videos=False)
             for checkpoint in checkpoints[:-1]:
                 bench.evaluate(config.strategies[0], checkpoint, args.ablation_eval, videos=False)
         else:
-            summary = bench.report(checkpoints)
+            summary = bench.report(checkpoints, [f"chunk@{h}" for h in args.ablate_exec])
             print((args.out / "summary.md").read_text(), flush=True)
             print(f"summary: {args.out / 'summary.json'} ({len(summary['results'])} rows)")
             continue

@@ -66,7 +66,7 @@ def test_train_args_parse_with_train_vla_parser(tmp_path: Path) -> None:
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, ActionHeadArguments))
     _, data_args, training_args, head_args = parser.parse_args_into_dataclasses(args=bench.train_args())
     assert data_args.task_name == "sim_transfer_cube_benchmark" and data_args.chunk_size == 50
-    assert training_args.max_steps == 12000 and training_args.save_steps == 3000
+    assert training_args.max_steps == 8000 and training_args.save_steps == 2000
     assert head_args.policy_head_size == "ScaleDP_tiny"
 
 
@@ -148,3 +148,13 @@ def test_overlapping_seeds_fail_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="demonstration seeds"):
         main(["--out", str(tmp_path), "--eval_seed", "10", "--stages", "report"])
     assert not (tmp_path / "config.json").exists()
+
+
+def test_exec_horizon_ablation_gets_its_own_directory_and_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench, _ = _fake_run(tmp_path)
+    launched = []
+    monkeypatch.setattr("scripts.sim_benchmark.run_parallel", lambda commands, env: launched.extend(commands))
+    bench.evaluate("chunk@10", bench.final_checkpoint(), num_eval=2, videos=False)
+    argv = launched[0][0]
+    assert argv[argv.index("--strategy") + 1] == "chunk" and argv[argv.index("--exec_horizon") + 1] == "10"
+    assert Path(argv[argv.index("--out") + 1]).parent.name == "chunk_exec10" and "--save_video" not in argv
