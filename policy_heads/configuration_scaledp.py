@@ -124,6 +124,14 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
                 f"num_train_timesteps={self.num_train_timesteps}"
             )
 
+    def to_dict(self) -> dict:
+        """As saved in ``config.json``; ``state_mask_input`` only when set, so a single-embodiment head's config
+        keeps exactly the fields it had before several embodiments existed."""
+        out = super().to_dict()
+        if not out.get("state_mask_input"):
+            out.pop("state_mask_input", None)
+        return out
+
     def validate_architecture(self) -> None:
         """Part of `@strict` validation (also run by `save_pretrained`): re-checks edits made after construction."""
         self._check_combinations()

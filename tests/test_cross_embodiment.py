@@ -190,6 +190,17 @@ def test_all_real_mask_is_the_single_embodiment_path(kind):
     ].shape[1] == 32 + 28
 
 
+def test_single_task_builds_the_head_as_before(tiny_model_dir, tmp_path):
+    """One task is one embodiment: its tasks are not even looked up (an unregistered name is fine here), the head
+    has the command-line widths and no mask input, and its saved config lists exactly the fields it had."""
+    import train_vla
+
+    *_, model_config, _ = train_vla.parse_param(tiny_argv(tiny_model_dir, tmp_path, task_name="pytest_unregistered"))
+    head = model_config.policy_head_config
+    assert (head.state_dim, head.action_dim, head.state_mask_input) == (14, 14, False)
+    assert "state_mask_input" not in model_config.to_dict()["policy_head_config"]
+
+
 # ---- one mixed run, end to end -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mixed_run(tmp_path_factory, tiny_model_dir, bimanual_dir, arm_dir):
@@ -207,7 +218,6 @@ def mixed_run(tmp_path_factory, tiny_model_dir, bimanual_dir, arm_dir):
     return trainer, out
 
 
-@pytest.mark.slow  # the shared mixed run trains here (~30 s on one thread)
 def test_mixed_run_pads_masks_and_saves_its_embodiments(mixed_run):
     trainer, out = mixed_run
     losses = [entry["loss"] for entry in train_logs(trainer)]
@@ -220,6 +230,10 @@ def test_mixed_run_pads_masks_and_saves_its_embodiments(mixed_run):
         assert int(item["state_mask"].sum()) == dims and int(item["action_mask"].sum()) == dims
         assert not item["action"][:, dims:].any() and not item["state"][dims:].any()
         assert item["image_grid_thw"].shape[0] == cams  # its own cameras: as many images as it has
+    prompt = trainer.processing_class.tokenizer.decode(arm[0]["input_ids"])
+    assert "Robot: arm7. " in prompt and f"Robot: {BIMANUAL}. " in trainer.processing_class.tokenizer.decode(
+        bimanual[0]["input_ids"]
+    )
     stats = json.loads((out / STATS_FILE_NAME).read_text())
     assert list(stats["embodiments"]) == [BIMANUAL, "arm7"]
     assert stats["embodiments"]["arm7"]["camera_names"] == ARM_CAMERAS
@@ -246,7 +260,6 @@ def replays(mixed_run, bimanual_dir, arm_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
 def test_each_embodiment_reloads_and_replays_with_its_dims(mixed_run, replays, arm_dir):
     from evaluate.policy import DexVLAPolicy
 
