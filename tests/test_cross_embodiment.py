@@ -108,6 +108,15 @@ def test_stats_file_one_and_several_embodiments(bimanual_dir, arm_dir, tmp_path)
         both.select(None)
     with pytest.raises(ValueError, match="no embodiment 'ur5'"):
         both.select("ur5")
+    # Resuming checks every embodiment's statistics against the ones recomputed now.
+    from train_vla import check_resumed_stats
+
+    check_resumed_stats(str(tmp_path / "two"), EmbodimentStats({"aloha": bimanual, "arm7": arm}))
+    changed = NormStats.from_dict({**arm.to_dict(), "num_steps": arm.num_steps + 1})
+    with pytest.raises(ValueError, match="embodiment arm7: num_steps"):
+        check_resumed_stats(str(tmp_path / "two"), EmbodimentStats({"aloha": bimanual, "arm7": changed}))
+    with pytest.raises(ValueError, match="embodiments"):
+        check_resumed_stats(str(tmp_path / "two"), EmbodimentStats({"aloha": bimanual, "ur5": arm}))
 
 
 # ---- the masked loss -------------------------------------------------------------------------------------------
