@@ -27,11 +27,11 @@ from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedCon
 from transformers.trainer_utils import get_last_checkpoint
 
 import qwen2_vla  # noqa: F401  (registers the VLA model types with the Auto classes)
-from aloha_scripts.constants import get_task_config
+from aloha_scripts.constants import get_task_config, get_task_configs, split_task_names, task_embodiments
 from data_utils.data_collator import Qwen2VLADataCollatorForSupervisedDataset
 from data_utils.dataset import training_crop_ratio
-from data_utils.normalization import QUANTILE_FIELDS, STATS_FILE_NAME, NormStats
-from data_utils.utils import load_data
+from data_utils.normalization import QUANTILE_FIELDS, STATS_FILE_NAME, EmbodimentStats, NormStats, load_embodiment_stats
+from data_utils.utils import load_data, load_embodiment_data
 from policy_heads import build_policy_head_config
 from qwen2_vla.arguments import (
     SCALE_DP_POLICY,
@@ -58,15 +58,35 @@ def make_rank0_print(training_args: TrainingArguments) -> Callable[..., None]:
     return rank0_print
 
 
+def model_widths(data_args: DataArguments, head_args: ActionHeadArguments) -> tuple[int, int, bool]:
+    """``(state_dim, action_dim, several embodiments)`` of the model ``--task_name`` trains.
+
+    One task is one embodiment: the command-line widths, and the tasks are not looked up here (exactly the path
+    of a run before embodiments existed). Several tasks (comma separated) may be several embodiments: then the
+    widest state and action of all of them, and the head's state projection also sees the state mask.
+    """
+    if len(split_task_names(data_args.task_name)) == 1:
+        return head_args.state_dim, head_args.action_dim, False
+    embodiments = task_embodiments(get_task_configs(data_args.task_name, head_args.state_dim, head_args.action_dim))
+    if len(embodiments) == 1:
+        only = next(iter(embodiments.values()))
+        return only["state_dim"], only["action_dim"], False
+    state_dim = max(e["state_dim"] for e in embodiments.values())
+    return state_dim, max(e["action_dim"] for e in embodiments.values()), True
+
+
 def _check_checkpoint_head(config: VLAConfigMixin, data_args: DataArguments, head_args: ActionHeadArguments) -> None:
     """A VLA checkpoint fixes the head's shape; the command line must agree with it."""
     head = config.policy_head_config
+    state_dim, action_dim, multi = model_widths(data_args, head_args)
     expected = {
         "policy_head_type": (config.policy_head_type, head_args.policy_head_type),
-        "state_dim": (head.state_dim, head_args.state_dim),
-        "action_dim": (head.action_dim, head_args.action_dim),
+        "state_dim": (head.state_dim, state_dim),
+        "action_dim": (head.action_dim, action_dim),
         "chunk_size": (head.prediction_horizon, data_args.chunk_size),
     }
+    if getattr(head, "state_mask_input", False) != multi:
+        expected["several embodiments (state mask input)"] = (getattr(head, "state_mask_input", False), multi)
     if config.policy_head_type == SCALE_DP_POLICY and getattr(head, "model_size", None) is not None:
         expected["policy_head_size"] = (head.model_size, head_args.policy_head_size)
     wrong = [f"--{k} {arg} (checkpoint: {ckpt})" for k, (ckpt, arg) in expected.items() if ckpt != arg]
@@ -110,13 +130,16 @@ def build_model_config(
             f"model_name_or_path must be a stock {' / '.join(VLA_CONFIG_CLASSES)} model or a VLA checkpoint of one, "
             f"got model_type={base.model_type!r} ({model_args.model_name_or_path})"
         )
+    state_dim, action_dim, multi = model_widths(data_args, head_args)
     head_config: PreTrainedConfig = build_policy_head_config(
         head_args.policy_head_type,
         cond_dim=base.text_config.hidden_size,
-        state_dim=head_args.state_dim,
-        action_dim=head_args.action_dim,
+        state_dim=state_dim,
+        action_dim=action_dim,
         chunk_size=data_args.chunk_size,
         model_size=head_args.policy_head_size,
+        # Only a model over several embodiments: a single-embodiment head keeps its parameter shapes.
+        **({"state_mask_input": True} if multi else {}),
     )
     return vla_config_from_vlm(
         base,
@@ -270,11 +293,12 @@ def resume_checkpoint_dir(training_args: TrainingArguments) -> str | None:
 STATS_RTOL, STATS_ATOL = 1e-5, 1e-6
 
 
-def check_resumed_stats(checkpoint_dir: str, stats: NormStats) -> None:
+def check_resumed_stats(checkpoint_dir: str, stats: NormStats | EmbodimentStats) -> None:
     """Stop when ``checkpoint_dir``'s ``dataset_stats.json`` differs from ``stats`` (recomputed from today's data).
 
     A run resumed on other data under the same ``output_dir`` would otherwise go on training with a
-    normalisation its first steps never saw, and save checkpoints whose statistics match neither.
+    normalisation its first steps never saw, and save checkpoints whose statistics match neither. With several
+    embodiments each one's statistics are compared.
     """
     saved_path = os.path.join(checkpoint_dir, STATS_FILE_NAME)
     if not os.path.isfile(saved_path):
@@ -282,7 +306,19 @@ def check_resumed_stats(checkpoint_dir: str, stats: NormStats) -> None:
             f"resuming from {checkpoint_dir}: it has no {STATS_FILE_NAME}, so the data it was trained on cannot be "
             "checked against the current data"
         )
-    saved = NormStats.load(saved_path)
+    if isinstance(stats, EmbodimentStats) and stats.multi:
+        saved_all = load_embodiment_stats(saved_path)
+        if list(saved_all) != list(stats):
+            _stats_changed(checkpoint_dir, [f"embodiments {list(saved_all)} in the checkpoint, {list(stats)} now"])
+        for name, current in stats.items():
+            _check_stats_equal(checkpoint_dir, saved_all[name], current, f"embodiment {name}: ")
+        return
+    if isinstance(stats, EmbodimentStats):
+        stats = next(iter(stats.values()))
+    _check_stats_equal(checkpoint_dir, NormStats.load(saved_path), stats)
+
+
+def _check_stats_equal(checkpoint_dir: str, saved: NormStats, stats: NormStats, prefix: str = "") -> None:
     differences = []
     if saved.action_dim != stats.action_dim or saved.state_dim != stats.state_dim:
         differences.append(
@@ -301,6 +337,11 @@ def check_resumed_stats(checkpoint_dir: str, stats: NormStats) -> None:
                  "state_normalization", "stats_source"):
         if getattr(saved, name) != getattr(stats, name):
             differences.append(f"{name} {getattr(saved, name)} in the checkpoint, {getattr(stats, name)} now")
+    if differences:
+        _stats_changed(checkpoint_dir, [prefix + d for d in differences])
+
+
+def _stats_changed(checkpoint_dir: str, differences: list[str]) -> None:
     if differences:
         raise ValueError(
             f"resuming from {checkpoint_dir}, but the dataset statistics recomputed from the current data differ "
@@ -327,7 +368,12 @@ def prepare(
     # Before the model exists, so its random parts (new head, fusion) are the same on every process.
     transformers.set_seed(training_args.seed)
 
-    task_config = get_task_config(data_args.task_name)
+    several_tasks = len(split_task_names(data_args.task_name)) > 1
+    if several_tasks:
+        task_configs = get_task_configs(data_args.task_name, head_args.state_dim, head_args.action_dim)
+        task_config = task_configs[0]
+    else:
+        task_config = get_task_config(data_args.task_name)
     camera_names = task_config["camera_names"]
     all_config["camera_names"] = camera_names
     all_config["episode_len"] = task_config["episode_len"]
@@ -338,13 +384,35 @@ def prepare(
         model, data_args = load_model(
             config=all_config, qwen2_vla_config=model_config, rank0_print=rank0_print, tokenizer=tokenizer
         )
-    vla_process = Qwen2VLAProcess(
-        tokenizer=tokenizer,
-        multimodal_processor=processor,
-        data_args=data_args,
-        camera_names=camera_names,
-        model_max_length=training_args.model_max_length,
-    )
+
+    def make_process(embodiment: str | None, cameras: Sequence[str]) -> Qwen2VLAProcess:
+        return Qwen2VLAProcess(
+            tokenizer=tokenizer,
+            multimodal_processor=processor,
+            data_args=data_args,
+            camera_names=cameras,
+            model_max_length=training_args.model_max_length,
+            embodiment=embodiment,
+        )
+
+    if several_tasks:
+        train_dataset, val_dataset, stats, sampler_params = load_embodiment_data(
+            task_configs,
+            training_args.per_device_train_batch_size,
+            training_args.per_device_eval_batch_size,
+            data_args.chunk_size,
+            make_process,
+            config=all_config,
+            rank0_print=rank0_print,
+            skip_mirrored_data=data_args.skip_mirrored_data,
+            policy_class=head_args.policy_head_type,
+            seed=training_args.seed,
+        )
+        if not stats.multi:
+            stats = next(iter(stats.values()))  # one embodiment: the flat statistics of a single-task run
+        return _prepared(all_config, training_args, rank0_print, train_dataset, val_dataset, model, sampler_params,
+                         tokenizer, processor, stats)
+    vla_process = make_process(None, camera_names)
     train_dataset, val_dataset, stats, sampler_params = load_data(
         task_config["dataset_dir"],
         task_config["name_filter"],
@@ -365,6 +433,23 @@ def prepare(
         action_dim=head_args.action_dim,
         lerobot_features=task_config["lerobot_features"],
     )
+    return _prepared(all_config, training_args, rank0_print, train_dataset, val_dataset, model, sampler_params,
+                     tokenizer, processor, stats)
+
+
+def _prepared(
+    all_config: dict[str, Any],
+    training_args: TrainingArguments,
+    rank0_print: Callable[..., None],
+    train_dataset: torch.utils.data.Dataset,
+    val_dataset: torch.utils.data.Dataset | None,
+    model: torch.nn.Module,
+    sampler_params: dict[str, dict[str, Any]],
+    tokenizer: Any,
+    processor: Any,
+    stats: NormStats | EmbodimentStats,
+) -> dict[str, Any]:
+    """``prepare``'s result, after checking a resumed run's statistics and writing ``dataset_stats.json``."""
     resumed = resume_checkpoint_dir(training_args)
     if resumed is not None:
         check_resumed_stats(resumed, stats)  # before the run's own dataset_stats.json is overwritten

@@ -15,6 +15,11 @@ Optional keys:
 - ``sample_weights``: one weight per ``dataset_dir`` entry: how often the sampler draws from it.
 - ``train_ratio``: fraction of the main dataset's episodes used for training (default 0.999).
 - ``name_filter``: callable ``(path: str) -> bool`` selecting episode files (default: all).
+- ``embodiment``: the robot the episodes were recorded on (default: the task's name). Tasks given together
+  (``--task_name a,b``) with different embodiments train one model over all of them: each embodiment keeps
+  its own normalisation statistics and cameras, and its state/action are zero-padded to the widest one.
+- ``state_dim`` / ``action_dim``: the embodiment's state and action widths (default: ``--state_dim`` /
+  ``--action_dim``).
 
 Relative paths are resolved against the repository root, never the working directory.
 """
@@ -70,7 +75,10 @@ TASK_CONFIGS: dict[str, dict[str, Any]] = {
 REQUIRED_TASK_KEYS = ("dataset_dir", "episode_len", "camera_names")
 # lerobot_features: {"state" | "action" | "reasoning": LeRobot feature key}, for the task's LeRobot roots
 # (defaults: observation.state, action, observation.reasoning when present; see data_utils/episode_source.py).
-OPTIONAL_TASK_KEYS = ("stats_dir", "sample_weights", "train_ratio", "name_filter", "lerobot_features")
+OPTIONAL_TASK_KEYS = (
+    "stats_dir", "sample_weights", "train_ratio", "name_filter", "lerobot_features", "embodiment", "state_dim",
+    "action_dim",
+)
 
 
 def _resolve_dirs(dirs: Sequence[str | os.PathLike] | str | os.PathLike, task_name: str, key: str) -> list[str]:
@@ -109,6 +117,13 @@ def get_task_config(task_name: str, task_configs: dict[str, dict[str, Any]] | No
     config.setdefault("train_ratio", 0.999)
     config.setdefault("name_filter", None)
     config.setdefault("lerobot_features", None)
+    config.setdefault("embodiment", task_name)
+    if not isinstance(config["embodiment"], str) or not config["embodiment"] or "," in config["embodiment"]:
+        raise ValueError(f"TASK_CONFIGS[{task_name!r}]: embodiment must be a non-empty name without commas")
+    for key in ("state_dim", "action_dim"):
+        value = config.setdefault(key, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"TASK_CONFIGS[{task_name!r}]: {key} must be a positive int, got {value!r}")
     features = config["lerobot_features"]
     if features is not None:
         from data_utils.episode_source import LEROBOT_FEATURE_ROLES
@@ -128,3 +143,57 @@ def get_task_config(task_name: str, task_configs: dict[str, dict[str, Any]] | No
     if not 0.0 < float(config["train_ratio"]) <= 1.0:
         raise ValueError(f"TASK_CONFIGS[{task_name!r}]: train_ratio must be in (0, 1], got {config['train_ratio']}")
     return config
+
+
+def split_task_names(task_name: str) -> list[str]:
+    """``--task_name`` as a list: several tasks are separated by commas (``"aloha_fold,ur5_pick"``)."""
+    names = [name.strip() for name in str(task_name).split(",")]
+    if not names or any(not name for name in names):
+        raise ValueError(f"--task_name {task_name!r}: expected task names separated by commas, found an empty one")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--task_name {task_name!r} names a task twice")
+    return names
+
+
+def get_task_configs(
+    task_name: str,
+    default_state_dim: int,
+    default_action_dim: int,
+    task_configs: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One validated config per task of ``--task_name`` (comma separated), with ``state_dim``/``action_dim``
+    filled from the defaults (the command-line flags). Tasks of one embodiment must agree on its cameras and
+    widths (it has one set of statistics, one prompt and one observation layout)."""
+    configs = []
+    for name in split_task_names(task_name):
+        config = get_task_config(name, task_configs)
+        config["task_name"] = name
+        if config["state_dim"] is None:
+            config["state_dim"] = int(default_state_dim)
+        if config["action_dim"] is None:
+            config["action_dim"] = int(default_action_dim)
+        configs.append(config)
+    first: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        seen = first.setdefault(config["embodiment"], config)
+        for key in ("camera_names", "state_dim", "action_dim"):
+            if seen[key] != config[key]:
+                raise ValueError(
+                    f"tasks {seen['task_name']!r} and {config['task_name']!r} share embodiment "
+                    f"{config['embodiment']!r} but differ in {key}: {seen[key]!r} vs {config[key]!r}; give them "
+                    "different 'embodiment' names in TASK_CONFIGS"
+                )
+    return configs
+
+
+def task_embodiments(configs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{embodiment: {"camera_names", "state_dim", "action_dim", "tasks"}}`` in first-seen order."""
+    out: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        entry = out.setdefault(
+            config["embodiment"],
+            {"camera_names": list(config["camera_names"]), "state_dim": config["state_dim"],
+             "action_dim": config["action_dim"], "tasks": []},
+        )
+        entry["tasks"].append(config["task_name"])
+    return out

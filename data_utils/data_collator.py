@@ -24,7 +24,9 @@ class Qwen2VLADataCollatorForSupervisedDataset:
     """Pads token features (left), concatenates image patches, stacks robot tensors.
 
     Output keys are the model's argument names: ``input_ids``, ``attention_mask``, ``labels``,
-    ``mm_token_type_ids``, ``pixel_values``, ``image_grid_thw``, ``states``, ``actions``, ``is_pad``.
+    ``mm_token_type_ids``, ``pixel_values``, ``image_grid_thw``, ``states``, ``actions``, ``is_pad`` and, for a
+    model over several embodiments, ``state_mask``/``action_mask`` ``(B, D)`` bool (samples may then carry
+    different numbers of images: their patches are concatenated all the same).
 
     Args:
         multimodal_processor: unused beyond bookkeeping; kept for the reference's signature.
@@ -58,7 +60,9 @@ class Qwen2VLADataCollatorForSupervisedDataset:
             # Qwen2-VL flattens every image into patches: a batch is all patches, one after another.
             batch["pixel_values"] = self._cast(torch.cat([x["pixel_values"] for x in instances], dim=0))
             batch["image_grid_thw"] = torch.cat([x["image_grid_thw"] for x in instances], dim=0)
-        for source, target in (("state", "states"), ("action", "actions"), ("is_pad", "is_pad")):
+        pairs = (("state", "states"), ("action", "actions"), ("is_pad", "is_pad"), ("state_mask", "state_mask"),
+                 ("action_mask", "action_mask"))
+        for source, target in pairs:
             if source in instances[0]:
                 stacked = torch.stack([torch.as_tensor(x[source]) for x in instances])
                 # Targets stay float32: the head computes its loss in float32, bf16 would quantise them.

@@ -64,6 +64,27 @@ def integrate_action_deltas(deltas: np.ndarray, state: np.ndarray) -> np.ndarray
     return state[..., None, :] + np.cumsum(deltas, axis=-2)
 
 
+def pad_with_mask(values: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values (..., D)`` zero-padded to ``(..., width)`` and the ``(width,)`` bool mask of its real dimensions."""
+    dim = values.shape[-1]
+    if dim > width:
+        raise ValueError(f"cannot pad width {dim} to the narrower {width}")
+    padded = torch.nn.functional.pad(values, (0, width - dim))
+    mask = torch.zeros(width, dtype=torch.bool)
+    mask[:dim] = True
+    return padded, mask
+
+
+class EmbodimentConcatDataset(torch.utils.data.ConcatDataset):
+    """The training sets of several tasks one after another (the layout ``EpisodeSampler`` draws from), with
+    ``set_epoch`` passed on so each part's augmentation changes per epoch as a single ``EpisodicDataset``'s does."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for dataset in self.datasets:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+
+
 class EpisodicDataset(torch.utils.data.Dataset):
     """Steps of episodes (ACT HDF5 files and LeRobot episodes, see ``data_utils.episode_source``) as samples.
 
@@ -88,6 +109,9 @@ class EpisodicDataset(torch.utils.data.Dataset):
         use_reasoning: passed to the processor (answer with the sub-step reasoning or not).
         seed: base seed of the augmentation; each item's draw depends only on (seed, epoch, index),
             so a resumed run augments exactly as the uninterrupted one.
+        pad_to: ``(state_width, action_width)`` of a model trained over several embodiments: state and action
+            are zero-padded to them (after normalisation) and the item gets ``state_mask``/``action_mask``;
+            ``None`` (one embodiment): the widths of the data, no masks.
 
     Without a processor an item is the ``sample`` dict: ``image (num_cams, 3, H, W) uint8``,
     ``state (state_dim,)`` z-scored, ``action (chunk_size, action_dim)`` in [-1, 1],
@@ -95,6 +119,9 @@ class EpisodicDataset(torch.utils.data.Dataset):
     the episode's ``/reasoning``), or ``None`` when the episode has neither: the processor then answers
     that sample without reasoning (an annotated empty string is still a reasoning).
     With ``delta_control`` the action chunk holds :func:`chunk_action_deltas`.
+    With ``pad_to`` the state is ``(state_width,)``, the action ``(chunk_size, action_width)``, zero beyond the
+    embodiment's own widths, and ``state_mask (state_width,)`` / ``action_mask (action_width,)`` bool say which
+    dimensions are real.
     """
 
     def __init__(
@@ -114,6 +141,7 @@ class EpisodicDataset(torch.utils.data.Dataset):
         seed: int = 0,
         image_size: tuple[int, int] | str | None = None,
         crop_ratio: float | None = None,
+        pad_to: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if len(episode_ids) != len(episode_len):
@@ -136,6 +164,14 @@ class EpisodicDataset(torch.utils.data.Dataset):
         self.image_size = None if image_size is None else parse_image_size(image_size)
         self.image_transform = CameraImageTransform(self.image_size, crop_ratio)
         self.delta_control = delta_control
+        self.pad_to = None if pad_to is None else (int(pad_to[0]), int(pad_to[1]))
+        if self.pad_to is not None and (
+            self.pad_to[0] < norm_stats.state_dim or self.pad_to[1] < norm_stats.action_dim
+        ):
+            raise ValueError(
+                f"pad_to={self.pad_to} is narrower than the data's (state_dim, action_dim) "
+                f"({norm_stats.state_dim}, {norm_stats.action_dim})"
+            )
         self.use_reasoning = use_reasoning
         self.seed = seed
         self.epoch = 0
@@ -222,6 +258,9 @@ class EpisodicDataset(torch.utils.data.Dataset):
             "raw_lang": raw["raw_lang"],
             "reasoning": raw["reasoning"],
         }
+        if self.pad_to is not None:
+            sample["state"], sample["state_mask"] = pad_with_mask(sample["state"], self.pad_to[0])
+            sample["action"], sample["action_mask"] = pad_with_mask(sample["action"], self.pad_to[1])
         if self.llava_pythia_process is not None:
             return self.llava_pythia_process.forward_process(sample, use_reasoning=self.use_reasoning)
         return sample

@@ -9,6 +9,11 @@ Values beyond the percentiles land outside [-1, 1] (not clipped), so one outlier
 
 The statistics and the modes are stored as ``dataset_stats.json`` (plain lists, no pickle) beside every
 checkpoint, so inference applies what training did. Format 1 files (no mode keys) read as min-max / z-score.
+
+A run over several embodiments (robots whose state/action widths, cameras or units differ) keeps one
+``NormStats`` per embodiment (:class:`EmbodimentStats`), written as
+``{"format_version": 3, "embodiments": {name: <one NormStats dict + "action_semantics">}}``; a
+single-embodiment run writes the flat format 2 file as before, and :func:`load_embodiment_stats` reads both.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ import torch
 STATS_FILE_NAME = "dataset_stats.json"
 # 2: adds action_normalization / state_normalization / stats_source and the optional quantile arrays.
 STATS_FORMAT_VERSION = 2
+# 3: several embodiments, ``{"format_version": 3, "embodiments": {name: <format 2 dict>}}`` (EmbodimentStats).
+MULTI_STATS_FORMAT_VERSION = 3
+# The name of the one embodiment of a flat (single-embodiment) file, which records no name.
+DEFAULT_EMBODIMENT = "default"
 ACTION_NORMALIZATIONS = ("minmax", "quantile")
 STATE_NORMALIZATIONS = ("zscore", "quantile")
 # "data": our streamed pass over the episodes; "dataset_meta": LeRobot roots' meta/stats.json.
@@ -194,6 +203,11 @@ class NormStats:
         """
         if not isinstance(data, dict):
             raise ValueError(f"{source}: expected a JSON object of statistics, found {type(data).__name__}")
+        if "embodiments" in data:
+            raise ValueError(
+                f"{source}: holds the statistics of several embodiments ({sorted(data['embodiments'])}); read it with "
+                "data_utils.normalization.load_embodiment_stats and pick one"
+            )
         missing = [k for k in _ARRAY_FIELDS if k not in data]
         if missing:
             raise KeyError(f"{source}: missing key(s) {missing}; a dataset_stats.json needs {list(_ARRAY_FIELDS)}")
@@ -281,6 +295,116 @@ class NormStats:
             return _quantile_unnormalize(action, self.action_q01, self.action_q99)
         lo, hi = _like(self.action_min, action), _like(self.action_max, action)
         return (action + 1) / 2 * (hi - lo) + lo
+
+
+def action_semantics(stats: NormStats) -> str:
+    """What an embodiment's actions mean, as the checkpoint lists it: deltas or absolute targets."""
+    return "delta_from_state" if stats.delta_control else "absolute"
+
+
+class EmbodimentStats(dict):
+    """``{embodiment name: NormStats}`` of a run, in the order the run lists its embodiments.
+
+    With one embodiment :meth:`save` writes that embodiment's flat (format 2) file, exactly as a run before
+    embodiments existed; with several, format 3 (see the module docstring), where each embodiment's block also
+    says ``action_semantics`` (``"absolute"`` targets or ``"delta_from_state"``).
+    """
+
+    def __init__(self, stats: dict[str, NormStats]) -> None:
+        if not stats:
+            raise ValueError("EmbodimentStats needs at least one embodiment")
+        for name, value in stats.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"embodiment names must be non-empty strings, got {name!r}")
+            if not isinstance(value, NormStats):
+                raise TypeError(f"EmbodimentStats[{name!r}] must be a NormStats, got {type(value).__name__}")
+        super().__init__(stats)
+
+    @property
+    def multi(self) -> bool:
+        """Whether this run has several embodiments (state/action padded to the widest, with masks)."""
+        return len(self) > 1
+
+    @property
+    def state_dim(self) -> int:
+        """The model's state width: the widest embodiment's."""
+        return max(s.state_dim for s in self.values())
+
+    @property
+    def action_dim(self) -> int:
+        """The model's action width: the widest embodiment's."""
+        return max(s.action_dim for s in self.values())
+
+    def select(self, embodiment: str | None, source: str = "<stats>") -> tuple[str, NormStats]:
+        """``(name, stats)`` of ``embodiment``; ``None`` is allowed when there is only one."""
+        if embodiment is None:
+            if self.multi:
+                raise ValueError(
+                    f"{source}: the checkpoint has several embodiments {list(self)}; choose one (embodiment=...)"
+                )
+            return next(iter(self.items()))
+        if embodiment not in self:
+            if not self.multi:
+                raise ValueError(
+                    f"{source}: the checkpoint has a single embodiment and records no embodiment named "
+                    f"{embodiment!r}; leave the embodiment out"
+                )
+            raise ValueError(f"{source}: no embodiment {embodiment!r}; the checkpoint has {list(self)}")
+        return embodiment, self[embodiment]
+
+    def to_dict(self) -> dict[str, Any]:
+        if not self.multi:
+            return next(iter(self.values())).to_dict()
+        return {
+            "format_version": MULTI_STATS_FORMAT_VERSION,
+            "embodiments": {
+                name: {**stats.to_dict(), "action_semantics": action_semantics(stats)} for name, stats in self.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> EmbodimentStats:
+        """Either format: a flat file is the one embodiment ``DEFAULT_EMBODIMENT``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object of statistics, found {type(data).__name__}")
+        if "embodiments" not in data:
+            return cls({DEFAULT_EMBODIMENT: NormStats.from_dict(data, source)})
+        version = int(data.get("format_version", MULTI_STATS_FORMAT_VERSION))
+        if version > MULTI_STATS_FORMAT_VERSION:
+            raise ValueError(f"{source}: format_version {version} is newer than this code ({MULTI_STATS_FORMAT_VERSION})")
+        blocks = data["embodiments"]
+        if not isinstance(blocks, dict) or not blocks:
+            raise ValueError(f"{source}: key 'embodiments' must map embodiment names to statistics, got {blocks!r}")
+        return cls({name: NormStats.from_dict(block, f"{source} embodiments.{name}") for name, block in blocks.items()})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``dataset_stats.json`` atomically (``path``: a directory or a file path), as :meth:`NormStats.save`."""
+        path = Path(path)
+        if path.is_dir() or path.suffix != ".json":
+            path = path / STATS_FILE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EmbodimentStats:
+        return load_embodiment_stats(path)
+
+
+def load_embodiment_stats(path: str | os.PathLike) -> EmbodimentStats:
+    """Read ``dataset_stats.json`` of either format (``path``: the file or its directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / STATS_FILE_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no dataset statistics file (expected {STATS_FILE_NAME})")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON statistics file ({err})") from err
+    return EmbodimentStats.from_dict(data, source=str(path))
 
 
 def _quantile_span(q01: np.ndarray, q99: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from data_utils.check_data_integrity import (
     DataIntegrityError,
@@ -13,7 +14,13 @@ from data_utils.check_data_integrity import (
     episodes_without_reasoning,
     reasoning_warning,
 )
-from data_utils.dataset import EpisodicDataset, SampleProcessor, chunk_start, training_crop_ratio
+from data_utils.dataset import (
+    EmbodimentConcatDataset,
+    EpisodicDataset,
+    SampleProcessor,
+    chunk_start,
+    training_crop_ratio,
+)
 from data_utils.episode_source import configure_lerobot_features, episode_length, find_episodes, open_episode
 from data_utils.hdf5_io import ACTION_KEY, QPOS_KEY, find_all_hdf5
 from data_utils.lerobot_io import is_lerobot_root
@@ -26,6 +33,7 @@ from data_utils.normalization import (
     STATE_NORMALIZATIONS,
     STATS_SOURCES,
     STD_FLOOR,
+    EmbodimentStats,
     NormStats,
     RunningQuantiles,
     RunningStats,
@@ -40,6 +48,7 @@ __all__ = [
     "get_meta_norm_stats",
     "get_norm_stats",
     "load_data",
+    "load_embodiment_data",
 ]
 
 
@@ -312,6 +321,8 @@ def load_data(
     state_dim: int | None = None,
     action_dim: int | None = None,
     lerobot_features: dict[str, str] | None = None,
+    norm_stats: NormStats | None = None,
+    pad_to: tuple[int, int] | None = None,
 ) -> tuple[EpisodicDataset, EpisodicDataset | None, NormStats, dict[str, dict[str, Any]]]:
     """Build train/val ``EpisodicDataset``s over ``dataset_dir_l`` (reference signature).
 
@@ -327,6 +338,9 @@ def load_data(
     (every camera's frame is resized to it first), ``action_normalization``, ``state_normalization`` and
     ``norm_stats_source`` (``"data"``: :func:`get_norm_stats` over the statistics episodes;
     ``"dataset_meta"``: :func:`get_meta_norm_stats` of the statistics directories) when present.
+
+    ``norm_stats``: use these statistics instead of computing them (an embodiment whose statistics span
+    several tasks, :func:`load_embodiment_data`); ``pad_to``: see ``EpisodicDataset``.
 
     Returns ``(train_dataset, val_dataset or None, norm_stats, sampler_params)``.
     """
@@ -370,7 +384,9 @@ def load_data(
         **modes,
     )
     meta_stats = None
-    if norm_stats_source == "dataset_meta":
+    if norm_stats is not None:
+        meta_stats = norm_stats, [episode_length(ref) for ref in stats_path_list]
+    elif norm_stats_source == "dataset_meta":
         # Before the (longer) checks: a directory that is not a LeRobot root is a configuration error.
         meta_stats = get_meta_norm_stats(stats_dir_l or dataset_dir_l, stats_path_list, **stats_kwargs)
 
@@ -393,6 +409,13 @@ def load_data(
             rank0_print(reasoning_warning(missing, len(dataset_path_list)))
 
     norm_stats, stats_lengths = meta_stats or get_norm_stats(stats_path_list, **stats_kwargs)
+    if norm_stats.state_dim != (state_dim or norm_stats.state_dim) or norm_stats.action_dim != (
+        action_dim or norm_stats.action_dim
+    ):
+        raise ValueError(
+            f"load_data: statistics of width state {norm_stats.state_dim} / action {norm_stats.action_dim}, but "
+            f"state_dim={state_dim} / action_dim={action_dim} were asked for"
+        )
     if stats_dir_l is None:
         all_episode_len = stats_lengths
     else:
@@ -430,6 +453,7 @@ def load_data(
         image_size=image_size,
         # Validation crops deterministically, as inference does: the same crop ratio, no random draw.
         crop_ratio=crop_ratio,
+        pad_to=pad_to,
     )
     train_dataset = EpisodicDataset(
         episode_ids=train_ids,
@@ -458,3 +482,111 @@ def load_data(
         },
     }
     return train_dataset, val_dataset, norm_stats, sampler_params
+
+
+def load_embodiment_data(
+    task_configs: Sequence[dict[str, Any]],
+    batch_size_train: int,
+    batch_size_val: int,
+    chunk_size: int,
+    make_process: Callable[[str | None, Sequence[str]], SampleProcessor | None],
+    config: dict[str, Any] | None = None,
+    rank0_print: Callable[..., None] = print,
+    skip_mirrored_data: bool = False,
+    policy_class: str | None = None,
+    seed: int = 0,
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None, EmbodimentStats, dict[str, dict[str, Any]]]:
+    """:func:`load_data` over several tasks (``get_task_configs``), possibly of several embodiments.
+
+    Each embodiment gets its own statistics (over the statistics episodes of all its tasks), its own cameras and
+    a processor ``make_process(embodiment name or None, camera_names)`` (the name only with several embodiments:
+    it goes into the prompt). With several embodiments every sample's state/action is zero-padded to the widest
+    embodiment's and carries ``state_mask``/``action_mask``. The tasks' training sets are laid out one after
+    another (``EmbodimentConcatDataset``) and the sampler draws over all their directories: by steps, or by
+    ``sample_weights`` when every task gives them.
+
+    Returns ``(train_dataset, val_dataset or None, EmbodimentStats, sampler_params)``.
+    """
+    from aloha_scripts.constants import task_embodiments
+
+    embodiments = task_embodiments(task_configs)
+    multi = len(embodiments) > 1
+    pad_to = (
+        (max(e["state_dim"] for e in embodiments.values()), max(e["action_dim"] for e in embodiments.values()))
+        if multi
+        else None
+    )
+    weights = [c["sample_weights"] for c in task_configs]
+    if any(w is None for w in weights) and any(w is not None for w in weights):
+        raise ValueError(
+            "tasks " + ", ".join(c["task_name"] for c in task_configs) + ": give sample_weights for every task or "
+            "for none (without them the sampler draws in proportion to steps)"
+        )
+    shared_stats: dict[str, NormStats] = {}
+    for name, info in embodiments.items():
+        if len(info["tasks"]) > 1:
+            # One embodiment, several tasks: one set of statistics over all of them.
+            tasks = [c for c in task_configs if c["embodiment"] == name]
+            if _data_arg(config, "norm_stats_source", "data") != "data":
+                raise ValueError(f"embodiment {name!r} spans tasks {info['tasks']}: use --norm_stats_source data")
+            paths, dirs = [], []
+            for task in tasks:
+                for directory in task["dataset_dir"] + (task["stats_dir"] or []):
+                    if is_lerobot_root(directory):
+                        configure_lerobot_features(directory, task["lerobot_features"])
+                for directory in task["stats_dir"] or task["dataset_dir"]:
+                    paths += find_episodes(directory, skip_mirrored_data, task["name_filter"])
+                dirs += task["dataset_dir"]
+            shared_stats[name], _ = get_norm_stats(
+                paths,
+                delta_control=bool(_data_arg(config, "delta_control", False)),
+                camera_names=info["camera_names"],
+                chunk_size=chunk_size,
+                dataset_dirs=dirs,
+                action_normalization=_data_arg(config, "action_normalization", "minmax"),
+                state_normalization=_data_arg(config, "state_normalization", "zscore"),
+            )
+    trains, vals, stats = [], [], {}
+    train_params: dict[str, Any] = {"episode_len_l": [], "sample_weights": []}
+    eval_lens: list[list[int]] = []
+    for task in task_configs:
+        name = task["embodiment"]
+        train, val, task_stats, params = load_data(
+            task["dataset_dir"], task["name_filter"], task["camera_names"], batch_size_train, batch_size_val,
+            chunk_size, config=config, rank0_print=rank0_print, skip_mirrored_data=skip_mirrored_data,
+            policy_class=policy_class, stats_dir_l=task["stats_dir"], sample_weights=task["sample_weights"],
+            train_ratio=task["train_ratio"], llava_pythia_process=make_process(name if multi else None, task["camera_names"]),
+            seed=seed, state_dim=task["state_dim"], action_dim=task["action_dim"],
+            lerobot_features=task["lerobot_features"], norm_stats=shared_stats.get(name), pad_to=pad_to,
+        )
+        stats.setdefault(name, task_stats)
+        trains.append(train)
+        if val is not None:
+            vals.append(val)
+        train_params["episode_len_l"] += params["train"]["episode_len_l"]
+        train_params["sample_weights"] += list(params["train"]["sample_weights"] or [])
+        eval_lens += params["eval"]["episode_len_l"]
+        episode_first = params["train"]["episode_first"]
+    sampler_params = {
+        "train": {
+            "batch_size": batch_size_train,
+            "episode_len_l": train_params["episode_len_l"],
+            "sample_weights": train_params["sample_weights"] or None,
+            "episode_first": episode_first,
+        },
+        "eval": {
+            "batch_size": batch_size_val,
+            # One split over all tasks' validation episodes, in the order of the concatenated validation set.
+            "episode_len_l": [flatten_list(eval_lens)] if eval_lens else [],
+            "sample_weights": None,
+            "episode_first": episode_first,
+        },
+    }
+    rank0_print(
+        f"load_embodiment_data: {len(task_configs)} task(s), embodiments "
+        + ", ".join(f"{n} (state {s.state_dim}, action {s.action_dim}, cameras {s.camera_names})" for n, s in stats.items())
+        + (f"; padded to state {pad_to[0]}, action {pad_to[1]}" if pad_to else "")
+    )
+    train_dataset: torch.utils.data.Dataset = trains[0] if len(trains) == 1 else EmbodimentConcatDataset(trains)
+    val_dataset = None if not vals else (vals[0] if len(vals) == 1 else EmbodimentConcatDataset(vals))
+    return train_dataset, val_dataset, EmbodimentStats(stats), sampler_params

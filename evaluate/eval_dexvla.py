@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, help="checkpoint directory (full or LoRA-merged)")
     parser.add_argument("--robot", required=True, choices=ROBOTS)
     parser.add_argument("--out", default=None, help="results directory (default: outputs/eval/<ckpt>/<robot>)")
+    parser.add_argument(
+        "--embodiment", default=None,
+        help="which embodiment of a checkpoint trained over several to run (optional with one); replay figures "
+        "are reported per embodiment: run once per embodiment on its episodes",
+    )
     model = parser.add_argument_group("policy")
     model.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (cuda when present)")
     model.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
@@ -251,7 +256,7 @@ def evaluate(args: argparse.Namespace, policy: Any | None = None) -> dict[str, A
             seed=None if args.seed < 0 else args.seed,
             num_inference_timesteps=args.num_inference_timesteps, image_size_stable=args.image_size_stable,
             image_size_wrist=args.image_size_wrist, default_prompt=args.prompt, image_crop_ratio=args.image_crop_ratio,
-            reasoning_every=args.reasoning_every, compile_head=args.compile_head,
+            reasoning_every=args.reasoning_every, compile_head=args.compile_head, embodiment=args.embodiment,
         )
     robot = make_robot(args, policy.camera_names, out_dir)
     fps = args.fps if args.fps is not None else robot.default_fps
@@ -363,6 +368,8 @@ def _summarise(
         "failed": failed,
         "checkpoint": str(args.ckpt),
         "robot": args.robot,
+        # The embodiment these figures are of (None: a single-embodiment checkpoint).
+        "embodiment": getattr(policy, "embodiment", None) if getattr(policy, "multi_embodiment", False) else None,
         "strategy": args.strategy,
         "exec_horizon": args.exec_horizon,
         "temporal_k": args.temporal_k if args.strategy == "temporal_agg" else None,

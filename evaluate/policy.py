@@ -23,6 +23,11 @@ position control such as ALOHA's).
 The DDIM noise is the same for every observation: each row of a batch gets noise drawn from a generator
 seeded with ``seed``, so a batch of observations gives exactly the actions of the same observations
 one by one, and a run can be repeated. ``seed=None`` draws fresh noise for every query instead.
+
+A checkpoint trained over several embodiments serves one of them per policy (``embodiment=...``): that
+embodiment's cameras, statistics and prompt name; its state is zero-padded to the model's width with a mask,
+and the sampled chunk is cut to its own action width before un-normalising, so ``actions`` is
+``(chunk, that embodiment's action_dim)`` in its raw units.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import torch
 
 from data_utils.dataset import integrate_action_deltas
 from data_utils.image_utils import CameraImageTransform
-from data_utils.normalization import NormStats
+from data_utils.normalization import NormStats, load_embodiment_stats
 
 OBSERVATION_KEYS = ("images", "state", "prompt")
 
@@ -230,6 +235,8 @@ class DexVLAPolicy:
             :meth:`reset_reasoning` forgets it (e.g. at an episode start).
         compile_head: compile the policy head's denoiser with ``torch.compile`` (GPU serving); a string is
             torch.compile's ``mode`` (e.g. ``"reduce-overhead"`` for CUDA graphs). Compiles at the first query.
+        embodiment: which embodiment of a checkpoint trained over several to control (its name in
+            ``dataset_stats.json``); may be left out when the checkpoint has one.
     """
 
     def __init__(
@@ -247,6 +254,7 @@ class DexVLAPolicy:
         limits: ObservationLimits | None = None,
         reasoning_every: int = 1,
         compile_head: bool | str = False,
+        embodiment: str | None = None,
     ) -> None:
         from transformers import AutoProcessor, AutoTokenizer
 
@@ -259,7 +267,9 @@ class DexVLAPolicy:
         self.ckpt_dir = Path(ckpt_dir)
         if not (self.ckpt_dir / "config.json").exists():
             raise FileNotFoundError(f"{self.ckpt_dir} is not a checkpoint directory (no config.json)")
-        self.stats = NormStats.load(self.ckpt_dir)
+        self.embodiments = load_embodiment_stats(self.ckpt_dir)
+        self.multi_embodiment = self.embodiments.multi
+        self.embodiment, self.stats = self.embodiments.select(embodiment, str(self.ckpt_dir))
         if not self.stats.camera_names:
             raise ValueError(f"{self.ckpt_dir}/dataset_stats.json lists no camera_names; the camera order is unknown")
         self.camera_names = list(self.stats.camera_names)
@@ -284,11 +294,19 @@ class DexVLAPolicy:
         self.model = from_pretrained_vla(self.ckpt_dir, dtype=self.dtype).to(self.device).eval()
         head = self.model.config.policy_head_config
         self.state_dim, self.action_dim = self.stats.state_dim, self.stats.action_dim
-        if head.action_dim != self.action_dim or head.state_dim not in (0, self.state_dim):
+        # The model's widths: the widest embodiment's (this embodiment's own with a single one).
+        model_state, model_action = self.embodiments.state_dim, self.embodiments.action_dim
+        if head.action_dim != model_action or head.state_dim not in (0, model_state):
             raise ValueError(
                 f"{self.ckpt_dir}: the head predicts action_dim={head.action_dim} from state_dim={head.state_dim}, "
-                f"but dataset_stats.json has action_dim={self.action_dim}, state_dim={self.state_dim}"
+                f"but dataset_stats.json has action_dim={model_action}, state_dim={model_state}"
             )
+        if self.multi_embodiment and not getattr(head, "state_mask_input", False):
+            raise ValueError(
+                f"{self.ckpt_dir}: dataset_stats.json lists several embodiments {list(self.embodiments)} but the head "
+                "was not built for them (policy_head_config.state_mask_input is false)"
+            )
+        self.model_state_dim, self.model_action_dim = int(head.state_dim), int(head.action_dim)
         if self.stats.delta_control and self.action_dim != self.state_dim:
             raise ValueError("delta_control checkpoints integrate deltas onto the state: needs action_dim == state_dim")
         self.horizon = int(head.prediction_horizon)
@@ -301,7 +319,10 @@ class DexVLAPolicy:
             image_size_stable=self.inference_config.image_size_stable,
             image_size_wrist=self.inference_config.image_size_wrist,
         )
-        self.process = Qwen2VLAProcess(self.tokenizer, processor, data_args, self.camera_names)
+        self.process = Qwen2VLAProcess(
+            self.tokenizer, processor, data_args, self.camera_names,
+            embodiment=self.embodiment if self.multi_embodiment else None,
+        )
         self.image_transform = CameraImageTransform(
             self.inference_config.image_size_stable, self.inference_config.image_crop_ratio
         )
@@ -334,6 +355,8 @@ class DexVLAPolicy:
             "image_crop_ratio": self.inference_config.image_crop_ratio,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            # Only for a checkpoint over several embodiments: a single-embodiment server's metadata is unchanged.
+            **({"embodiment": self.embodiment, "embodiments": list(self.embodiments)} if self.multi_embodiment else {}),
         }
 
     # ---- inference --------------------------------------------------------------------------------
@@ -374,10 +397,13 @@ class DexVLAPolicy:
         start = time.perf_counter()
         raw_states = np.stack([p.state for p in prepared])  # (B, state_dim)
         states = torch.as_tensor(self.stats.normalize_state(raw_states), dtype=torch.float32)
-        normalized, reasoning = self._predict(  # (B, horizon, action_dim)
+        if self.multi_embodiment:  # zero-padded to the model's width, as training padded it
+            states = torch.nn.functional.pad(states, (0, self.model_state_dim - self.state_dim))
+        normalized, reasoning = self._predict(  # (B, horizon, model action_dim)
             [p.features for p in prepared], states, [p.prompt for p in prepared]
         )
-        actions = self.postprocess_actions(normalized[:, : self.chunk_size], raw_states)
+        # This embodiment's own dimensions, un-normalised with its statistics.
+        actions = self.postprocess_actions(normalized[:, : self.chunk_size, : self.action_dim], raw_states)
         prepare_ms = sum(p.prepare_ms for p in prepared)
         elapsed_ms = 1000.0 * (time.perf_counter() - start) + prepare_ms
         return [
@@ -406,7 +432,7 @@ class DexVLAPolicy:
         if self.seed is None:
             return None
         generator = torch.Generator(device="cpu").manual_seed(int(self.seed))
-        row = torch.randn((1, self.horizon, self.action_dim), generator=generator, dtype=torch.float32)
+        row = torch.randn((1, self.horizon, self.model_action_dim), generator=generator, dtype=torch.float32)
         return row.expand(batch_size, -1, -1).contiguous()
 
     def reset_reasoning(self) -> None:
@@ -462,6 +488,7 @@ class DexVLAPolicy:
             num_inference_timesteps=self.num_inference_timesteps,
             # Per-row noise: a batch gives each observation what it would get alone.
             noise=None if noise is None else noise.to(self.device),
+            **self._masks(len(features)),
         )
         if reused is not None:
             # The answer is fixed: prompt + the remembered answer in one forward, rows right padded to one length.
@@ -481,6 +508,17 @@ class DexVLAPolicy:
             self._remember_reasoning(prompts, out)
         reasoning = out.reasoning or [""] * len(features)
         return actions, list(reasoning)
+
+    def _masks(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """``predict_action``'s ``action_mask``/``state_mask`` ``(B, D)`` of this embodiment (none for one embodiment)."""
+        if not self.multi_embodiment:
+            return {}
+        state_mask = torch.arange(self.model_state_dim) < self.state_dim
+        action_mask = torch.arange(self.model_action_dim) < self.action_dim
+        return {
+            "state_mask": state_mask.expand(batch_size, -1).to(self.device),
+            "action_mask": action_mask.expand(batch_size, -1).to(self.device),
+        }
 
     # ---- helpers ------------------------------------------------------------------------------------
     def warmup(self, obs: Mapping[str, Any], passes: int = 2) -> list[float]:

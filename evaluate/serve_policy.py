@@ -530,6 +530,10 @@ def dummy_observation(metadata: dict[str, Any]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint directory")
+    parser.add_argument(
+        "--embodiment", default=None,
+        help="which embodiment of a checkpoint trained over several to serve (optional with one)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
@@ -573,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         image_crop_ratio=args.image_crop_ratio,
         default_prompt=args.default_prompt, reasoning_every=args.reasoning_every, compile_head=args.compile_head,
         limits=ObservationLimits(max_prompt_chars=args.max_prompt_chars, max_image_side=args.max_image_side),
+        embodiment=args.embodiment,
     )
     if args.warmup:
         times = policy.warmup(dummy_observation(policy.metadata), args.warmup)

@@ -20,17 +20,32 @@ def pool_condition(hidden_states: torch.Tensor) -> torch.Tensor:
     return hidden_states.mean(dim=1)
 
 
-def concat_state(cond: torch.Tensor, states: torch.Tensor | None, state_dim: int) -> torch.Tensor:
+def concat_state(
+    cond: torch.Tensor,
+    states: torch.Tensor | None,
+    state_dim: int,
+    state_mask: torch.Tensor | None = None,
+    with_mask: bool = False,
+) -> torch.Tensor:
     """`cond` `(B, C)` and `states` `(B, state_dim)` -> `(B, C + state_dim)`; checks the state's presence and width.
 
-    `state_dim == 0`: no state is expected, `cond` is returned as is.
+    `with_mask` (a head built for several embodiments): `(B, C + 2 state_dim)`, the state followed by
+    `state_mask` `(B, state_dim)` (1 on the embodiment's real dimensions; None: all real), so the projection can
+    tell a padded zero from a measured one. `state_dim == 0`: no state is expected, `cond` is returned as is.
     """
     if state_dim > 0:
         if states is None:
             raise ValueError(f"states of width state_dim={state_dim} are required, got None")
         if states.shape[-1] != state_dim:
             raise ValueError(f"states have width {states.shape[-1]}, expected state_dim={state_dim}")
-        return torch.cat([cond, states.to(cond.dtype)], dim=-1)
+        parts = [cond, states.to(cond.dtype)]
+        if with_mask:
+            if state_mask is None:
+                state_mask = torch.ones_like(parts[1])
+            elif tuple(state_mask.shape) != tuple(states.shape):
+                raise ValueError(f"state_mask has shape {tuple(state_mask.shape)}, expected {tuple(states.shape)}")
+            parts.append(state_mask.to(device=cond.device, dtype=cond.dtype))
+        return torch.cat(parts, dim=-1)
     if states is not None and states.numel() > 0:
         raise ValueError("states were given but the head was configured with state_dim=0")
     return cond
@@ -42,19 +57,23 @@ class StateConditionMixer(nn.Sequential):
     A `Sequential` so that parameter names (`combine.0`, `combine.2`, `combine.4`) match the reference checkpoints.
     """
 
-    def __init__(self, cond_dim: int, state_dim: int, hidden_dim: int) -> None:
+    def __init__(self, cond_dim: int, state_dim: int, hidden_dim: int, state_mask_input: bool = False) -> None:
         super().__init__(
-            nn.Linear(cond_dim + state_dim, hidden_dim),
+            nn.Linear(cond_dim + state_dim * (2 if state_mask_input else 1), hidden_dim),
             nn.ReLU(),
             nn.Linear(hidden_dim, hidden_dim),
             nn.ReLU(),
             nn.Linear(hidden_dim, cond_dim),
         )
         self.state_dim = state_dim
+        self.state_mask_input = state_mask_input
 
-    def forward(self, cond: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
-        """`cond` `(B, C)`, `states` `(B, state_dim)` (None only when `state_dim == 0`) -> `(B, C)`."""
-        return super().forward(concat_state(cond, states, self.state_dim))
+    def forward(
+        self, cond: torch.Tensor, states: torch.Tensor | None = None, state_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`cond` `(B, C)`, `states` `(B, state_dim)` (None only when `state_dim == 0`), `state_mask` `(B, state_dim)`
+        (used with `state_mask_input`) -> `(B, C)`."""
+        return super().forward(concat_state(cond, states, self.state_dim, state_mask, self.state_mask_input))
 
 
 __all__ = ["StateConditionMixer", "concat_state", "pool_condition"]

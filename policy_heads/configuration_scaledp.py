@@ -42,6 +42,9 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
         num_train_timesteps (`int`, defaults to 100): diffusion steps of the DDIM training schedule.
         num_inference_timesteps (`int`, defaults to 10): DDIM steps when sampling.
         noise_samples (`int`, defaults to 1): noise draws per training sample (each sample is repeated).
+        state_mask_input (`bool`, defaults to False): the state projection also sees the per-dimension state mask
+            (a model over several embodiments, their states zero-padded to `state_dim`); its input widens by
+            `state_dim`.
     """
 
     model_type: ClassVar[str] = "scale_dp_policy"
@@ -69,6 +72,7 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
     num_train_timesteps: int = 100
     num_inference_timesteps: int = 10
     noise_samples: int = 1
+    state_mask_input: bool = False
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)  # applies the aliases in `attribute_map` first
@@ -119,6 +123,14 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
                 f"num_inference_timesteps={self.num_inference_timesteps} exceeds "
                 f"num_train_timesteps={self.num_train_timesteps}"
             )
+
+    def to_dict(self) -> dict:
+        """As saved in ``config.json``; ``state_mask_input`` only when set, so a single-embodiment head's config
+        keeps exactly the fields it had before several embodiments existed."""
+        out = super().to_dict()
+        if not out.get("state_mask_input"):
+            out.pop("state_mask_input", None)
+        return out
 
     def validate_architecture(self) -> None:
         """Part of `@strict` validation (also run by `save_pretrained`): re-checks edits made after construction."""

@@ -59,6 +59,8 @@ class DiffusionPolicyMixin:
         generator: torch.Generator | None = None,
         num_inference_timesteps: int | None = None,
         noise: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> DiffusionPolicyOutput:
         """Training loss when `actions` are given, otherwise sampled action chunks.
 
@@ -71,6 +73,11 @@ class DiffusionPolicyMixin:
             num_inference_timesteps: overrides `config.num_inference_timesteps` when sampling.
             noise: `(B, prediction_horizon, action_dim)` initial sampling noise (instead of drawing it), so
                 each row of a batch can carry its own seeded noise: batched == one by one.
+            action_mask: `(B, action_dim)` bool, True on the dimensions the sample's embodiment has (several
+                embodiments padded to one width): the others are zero in the network's input, left out of the
+                loss and zero in sampled chunks. None: all dimensions real (one embodiment; unchanged path).
+            state_mask: `(B, state_dim)` bool, the real state dimensions; seen by the state projection of a head
+                built with `state_mask_input`.
 
         Returns:
             `DiffusionPolicyOutput` with `loss` (training) or `actions` `(B, prediction_horizon, action_dim)`
@@ -79,10 +86,14 @@ class DiffusionPolicyMixin:
         if hidden_states is None:
             raise ValueError("hidden_states (the condition) is required")
         if actions is not None:
-            loss = self.compute_loss(actions, hidden_states, states, is_pad, generator=generator)
+            loss = self.compute_loss(
+                actions, hidden_states, states, is_pad, generator=generator, action_mask=action_mask,
+                state_mask=state_mask,
+            )
             return DiffusionPolicyOutput(loss=loss)
         sampled = self.sample(
-            hidden_states, states, generator=generator, num_inference_timesteps=num_inference_timesteps, noise=noise
+            hidden_states, states, generator=generator, num_inference_timesteps=num_inference_timesteps, noise=noise,
+            action_mask=action_mask, state_mask=state_mask,
         )
         return DiffusionPolicyOutput(actions=sampled)
 
@@ -93,6 +104,8 @@ class DiffusionPolicyMixin:
         states: torch.Tensor | None = None,
         is_pad: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        action_mask: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Masked noise-prediction MSE (scalar, float32); shapes as in `forward`."""
         cfg = self.config
@@ -114,8 +127,15 @@ class DiffusionPolicyMixin:
             device=_rng_device(generator, device),
         ).to(device).repeat(draws)
         noisy = add_noise_fp32(self.noise_scheduler, _tile(actions, draws), noise, timesteps)
-        noise_pred = self.model_forward(noisy, timesteps, _tile(hidden_states, draws), _tile(states, draws))
-        return masked_noise_mse(noise_pred, noise, _tile(is_pad, draws))
+        action_mask = _check_mask(action_mask, batch, cfg.action_dim, "action_mask", device)
+        if action_mask is not None:
+            # Padded dimensions carry nothing into the network (as sampling keeps them at zero): their noise
+            # cannot leak into the real dimensions' predictions, and the loss leaves them out.
+            action_mask = _tile(action_mask, draws)
+            noisy = noisy * action_mask.unsqueeze(1).to(noisy.dtype)
+        extra = {} if state_mask is None else {"state_mask": _tile(state_mask, draws)}
+        noise_pred = self.model_forward(noisy, timesteps, _tile(hidden_states, draws), _tile(states, draws), **extra)
+        return masked_noise_mse(noise_pred, noise, _tile(is_pad, draws), action_mask)
 
     @torch.no_grad()
     def sample(
@@ -125,8 +145,13 @@ class DiffusionPolicyMixin:
         generator: torch.Generator | None = None,
         num_inference_timesteps: int | None = None,
         noise: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """DDIM sampling from Gaussian noise: `(B, prediction_horizon, action_dim)` float32 on the condition's device."""
+        """DDIM sampling from Gaussian noise: `(B, prediction_horizon, action_dim)` float32 on the condition's device.
+
+        With `action_mask` `(B, action_dim)` the padded dimensions are held at zero throughout (as training fed
+        them), so the chunk's padded dimensions come out zero."""
         cfg = self.config
         batch = pool_condition(hidden_states).shape[0]
         shape = (batch, cfg.prediction_horizon, cfg.action_dim)
@@ -141,11 +166,18 @@ class DiffusionPolicyMixin:
             sample = sample.to(device)
         tables = self.ddim_tables(int(num_inference_timesteps or cfg.num_inference_timesteps), device)
         denoise = getattr(self, "_compiled_denoiser", None) or self.model_forward
+        keep = _check_mask(action_mask, batch, cfg.action_dim, "action_mask", device)
+        keep = None if keep is None else keep.unsqueeze(1).to(torch.float32)
+        extra = {} if state_mask is None else {"state_mask": state_mask.to(device)}
         # Timesteps and coefficients are device tensors indexed by a Python step number: the loop never
         # waits for the device, so a GPU can queue all steps' kernels back to back.
         for step in range(tables.timesteps.shape[0]):
-            noise_pred = denoise(sample, tables.timesteps[step].expand(batch), hidden_states, states)
+            if keep is not None:
+                sample = sample * keep
+            noise_pred = denoise(sample, tables.timesteps[step].expand(batch), hidden_states, states, **extra)
             sample = ddim_update(tables, step, noise_pred, sample)
+        if keep is not None:
+            sample = sample * keep
         # float32 out: bf16 would quantise the actions (steps of ~0.008 near +-1) for no saving.
         return sample
 
@@ -167,6 +199,17 @@ class DiffusionPolicyMixin:
         if not hasattr(torch, "compile"):
             raise RuntimeError(f"torch {torch.__version__} has no torch.compile: leave the head uncompiled")
         self.__dict__["_compiled_denoiser"] = torch.compile(self.model_forward, mode=mode, **compile_kwargs)
+
+
+def _check_mask(
+    mask: torch.Tensor | None, batch: int, width: int, name: str, device: torch.device
+) -> torch.Tensor | None:
+    """`mask` as a `(B, width)` bool tensor on `device` (None stays None); a wrong shape names the argument."""
+    if mask is None:
+        return None
+    if tuple(mask.shape) != (batch, width):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {(batch, width)} (B, action_dim)")
+    return mask.to(device=device, dtype=torch.bool)
 
 
 def _rng_device(generator: torch.Generator | None, device: torch.device) -> torch.device:

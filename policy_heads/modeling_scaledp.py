@@ -136,7 +136,9 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
 
     def __init__(self, config: ScaleDPPolicyConfig) -> None:
         super().__init__(config)
-        self.combine = StateConditionMixer(config.cond_dim, config.state_dim, config.combine_hidden_dim)
+        self.combine = StateConditionMixer(
+            config.cond_dim, config.state_dim, config.combine_hidden_dim, config.state_mask_input
+        )
         self.x_embedder = nn.Linear(config.action_dim, config.n_emb)
         self.t_embedder = TimestepEmbedder(config.n_emb)
         self.cond_obs_emb = nn.Linear(config.cond_dim, config.n_emb)
@@ -175,6 +177,7 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
         t: torch.Tensor | int,
         global_cond: torch.Tensor,
         states: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the noise.
 
@@ -183,13 +186,16 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
             t: `(B,)`, `()` or int diffusion timestep(s).
             global_cond: `(B, N, cond_dim)` or `(B, cond_dim)` condition.
             states: `(B, state_dim)` robot state.
+            state_mask: `(B, state_dim)` real state dimensions (read with `config.state_mask_input` only).
 
         Returns:
             `(B, T, action_dim)` predicted noise in the model dtype.
         """
         dtype = self.x_embedder.weight.dtype
         x = x.to(dtype)
-        cond = self.combine(pool_condition(global_cond).to(dtype), None if states is None else states.to(dtype))
+        cond = self.combine(
+            pool_condition(global_cond).to(dtype), None if states is None else states.to(dtype), state_mask
+        )
         t = expand_timesteps(t, x.shape[0], x.device)
         # Timestep embedding added to the embedded observation: one adaLN condition vector per sample.
         c = self.t_embedder(t) + self.cond_obs_emb(cond)

@@ -127,7 +127,8 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
         dsed, kernel, groups = config.diffusion_step_embed_dim, config.kernel_size, config.n_groups
         # Condition: pooled VLM features, normalised, then mixed with the state by one linear layer.
         self.norm_after_pool = nn.LayerNorm(config.global_cond_dim)
-        self.combine = nn.Linear(config.global_cond_dim + config.state_dim, config.global_cond_dim)
+        state_width = config.state_dim * (2 if config.state_mask_input else 1)  # + the state mask
+        self.combine = nn.Linear(config.global_cond_dim + state_width, config.global_cond_dim)
         self.diffusion_step_encoder = nn.Sequential(
             SinusoidalPosEmb(dsed),
             nn.Linear(dsed, dsed * 4),
@@ -189,10 +190,18 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
-    def _condition(self, global_cond: torch.Tensor, states: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    def _condition(
+        self,
+        global_cond: torch.Tensor,
+        states: torch.Tensor | None,
+        dtype: torch.dtype,
+        state_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """`(B, N, C)` or `(B, C)` condition and `(B, state_dim)` state -> `(B, C)` mixed condition."""
         cond = self.norm_after_pool(pool_condition(global_cond).to(dtype))
-        return self.combine(concat_state(cond, states, self.config.state_dim))
+        return self.combine(
+            concat_state(cond, states, self.config.state_dim, state_mask, self.config.state_mask_input)
+        )
 
     def model_forward(
         self,
@@ -200,6 +209,7 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
         t: torch.Tensor | int,
         global_cond: torch.Tensor,
         states: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the noise.
 
@@ -208,13 +218,14 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
             t: `(B,)`, `()` or int diffusion timestep(s).
             global_cond: `(B, N, global_cond_dim)` or `(B, global_cond_dim)` condition.
             states: `(B, state_dim)` robot state.
+            state_mask: `(B, state_dim)` real state dimensions (read with `config.state_mask_input` only).
 
         Returns:
             `(B, T, action_dim)` predicted noise in the model dtype.
         """
         dtype = self.final_conv[-1].weight.dtype
         batch, steps, _ = x.shape
-        cond = self._condition(global_cond, states, dtype)
+        cond = self._condition(global_cond, states, dtype, state_mask)
         t = expand_timesteps(t, batch, x.device)
         # The sinusoid stays float32 (bf16 cannot resolve its phases); the MLP runs in the model dtype.
         t_emb = self.diffusion_step_encoder[0](t).to(dtype)

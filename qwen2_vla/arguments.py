@@ -259,7 +259,11 @@ class DataArguments:
     """What one training sample looks like and how samples are drawn."""
 
     task_name: str = field(
-        default="example_tasks", metadata={"help": "Key of TASK_CONFIGS in aloha_scripts/constants.py."}
+        default="example_tasks",
+        metadata={
+            "help": "Key of TASK_CONFIGS in aloha_scripts/constants.py; several keys separated by commas train one "
+            "model over all of them (and over their embodiments)."
+        },
     )
     chunk_size: int = field(default=16, metadata={"help": "Actions per sample (the head's prediction horizon)."})
     image_size_stable: str = field(

@@ -128,6 +128,8 @@ class VLAMixin:
         actions: torch.Tensor | None = None,
         states: torch.Tensor | None = None,
         is_pad: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: object | None = None,
         inputs_embeds: torch.Tensor | None = None,
@@ -143,7 +145,9 @@ class VLAMixin:
         Args:
             input_ids: ``(B, L)``; attention_mask: ``(B, L)``; labels: ``(B, L)`` with -100 on the prompt.
             actions: ``(B, T, action_dim)`` normalised target chunk; states: ``(B, state_dim)``;
-            is_pad: ``(B, T)`` true on padded steps. Other keyword arguments go to the backbone
+            is_pad: ``(B, T)`` true on padded steps; action_mask ``(B, action_dim)`` / state_mask ``(B, state_dim)``:
+            true on the dimensions each sample's embodiment has (a model over several embodiments; padded
+            dimensions do not enter the action loss). Other keyword arguments go to the backbone
             (``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``, ``cache``, ...).
         """
         # Named (not **kwargs) because generate() inspects this signature to decide what it passes,
@@ -177,7 +181,11 @@ class VLAMixin:
         else:
             prompt_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
             condition = self.action_condition(hidden_states, prompt_mask, torch.zeros_like(prompt_mask))
-        action_loss = self.policy_head(actions=actions, hidden_states=condition, states=states, is_pad=is_pad).loss
+        masks = {"action_mask": action_mask, "state_mask": state_mask}
+        action_loss = self.policy_head(
+            actions=actions, hidden_states=condition, states=states, is_pad=is_pad,
+            **{k: v for k, v in masks.items() if v is not None},  # absent: the single-embodiment path as it was
+        ).loss
         loss = action_loss if llm_loss is None else action_loss + self.config.llm_loss_weight * llm_loss
         return Qwen2VLAOutput(loss=loss, llm_loss=llm_loss, action_loss=action_loss, logits=logits)
 
@@ -200,6 +208,8 @@ class VLAMixin:
         noise: torch.Tensor | None = None,
         answer_ids_mask: torch.Tensor | None = None,
         two_pass: bool = False,
+        action_mask: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> Qwen2VLAActionOutput:
         """Sample action chunks for a (left-padded) batch of prompts.
 
@@ -226,6 +236,9 @@ class VLAMixin:
                 gives the same actions as its rows one by one); drawn from ``generator`` when None.
             two_pass: after ``generate()``, run images + prompt + answer through the VLM a second time for the
                 fusion's states (the former path, kept to compare against; same result, slower).
+            action_mask, state_mask: ``(B, action_dim)`` / ``(B, state_dim)`` true on the dimensions of each row's
+                embodiment (a model over several embodiments, states zero-padded); the sampled chunk is zero on the
+                others.
 
         Returns:
             ``Qwen2VLAActionOutput`` with ``actions (B, chunk, action_dim)``.
@@ -257,6 +270,7 @@ class VLAMixin:
             generator=generator,
             num_inference_timesteps=num_inference_timesteps,
             noise=noise,
+            **{k: v.to(device) for k, v in (("action_mask", action_mask), ("state_mask", state_mask)) if v is not None},
         ).actions
         reasoning = None
         if tokenizer is not None:

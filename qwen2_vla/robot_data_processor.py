@@ -4,6 +4,12 @@ The prompt is one user message holding one image per camera and then the instruc
 with the processor's own chat template; the answer ``reasoning + "Next action:" + <|im_end|>`` is
 appended with labels on the answer only. Evaluation builds its prompts with the same
 ``prompt_inputs`` so the two can never drift apart.
+
+A model trained over several embodiments is told which robot it controls in the prompt: the instruction
+becomes ``"Robot: <embodiment>. <instruction>"`` (:func:`embodiment_instruction`). Text rather than a learned
+embedding: the VLM already conditions everything (reasoning included) on the prompt, the name needs no new
+parameters or checkpoint fields, and the images already differ in number and viewpoint per embodiment, so the
+name only has to disambiguate, which a few tokens do. A single-embodiment model's prompt is unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ def build_messages(num_images: int, instruction: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": content}]
 
 
+def embodiment_instruction(instruction: str, embodiment: str | None) -> str:
+    """The instruction the VLM sees: prefixed with the robot's name for a multi-embodiment model (``None``: as is)."""
+    return instruction if embodiment is None else f"Robot: {embodiment}. {instruction}"
+
+
 def answer_text(reasoning: str | None, use_reasoning: bool) -> str:
     """``reasoning + "Next action:" + <|im_end|>``, or just ``<|im_end|>`` without reasoning.
 
@@ -50,6 +61,8 @@ class Qwen2VLAProcess:
         camera_names: camera order of ``sample["image"]``.
         model_max_length: longest token sequence (prompt + answer) allowed; longer samples are an
             error rather than a silent truncation of the answer (``None``: no limit).
+        embodiment: the robot's name, put into every prompt (:func:`embodiment_instruction`) when the model is
+            trained over several embodiments; ``None`` for a single-embodiment model.
     """
 
     def __init__(
@@ -59,8 +72,10 @@ class Qwen2VLAProcess:
         data_args: Any,
         camera_names: Sequence[str],
         model_max_length: int | None = None,
+        embodiment: str | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.embodiment = embodiment
         self.multimodal_processor = multimodal_processor
         self.data_args = data_args
         self.camera_names = list(camera_names)
@@ -77,7 +92,7 @@ class Qwen2VLAProcess:
         ``pixel_values (P, D)`` and ``image_grid_thw (num_cams, 3)``.
         """
         pil_images = to_pil_images(images, self.camera_names, self.image_size_stable, self.image_size_wrist)
-        messages = build_messages(len(pil_images), instruction)
+        messages = build_messages(len(pil_images), embodiment_instruction(instruction, self.embodiment))
         text = self.multimodal_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         inputs = self.multimodal_processor(text=[text], images=pil_images, padding=True, return_tensors="pt")
         features = {key: value for key, value in inputs.items()}
@@ -106,7 +121,7 @@ class Qwen2VLAProcess:
                 f"a sample has {length} tokens ({prompt_len} prompt + {len(answer_ids)} answer) but "
                 f"model_max_length={self.model_max_length}: raise --model_max_length or shrink the images"
             )
-        for key in ("state", "action", "is_pad"):
+        for key in ("state", "action", "is_pad", "state_mask", "action_mask"):
             if key in sample:
                 features[key] = sample[key]
         return features

@@ -79,15 +79,18 @@ def make_episode(
     camera_names: Sequence[str],
     compress: bool,
     sim: bool = True,
+    state_dim: int = STATE_DIM,
 ) -> None:
     position = rng.uniform(0.15, 0.85, size=2)
-    omega = angular_speeds(position)
-    radius = rng.uniform(0.5, 0.9, size=STATE_DIM // 2)
-    phase = rng.uniform(0.0, 2 * np.pi, size=STATE_DIM // 2)
-    qpos = np.zeros((episode_len + 1, STATE_DIM))
+    pairs = (state_dim + 1) // 2  # an odd width keeps the first coordinate of the last pair
+    omega = angular_speeds(position, 2 * pairs)
+    radius = rng.uniform(0.5, 0.9, size=pairs)
+    phase = rng.uniform(0.0, 2 * np.pi, size=pairs)
+    qpos = np.zeros((episode_len + 1, 2 * pairs))
     qpos[0, 0::2], qpos[0, 1::2] = radius * np.cos(phase), radius * np.sin(phase)
     for t in range(episode_len):
         qpos[t + 1] = rotate_pairs(qpos[t], omega)
+    qpos = qpos[:, :state_dim]
     action = qpos[1:].copy()
     qpos = qpos[:-1]
     qvel = np.diff(qpos, axis=0, prepend=qpos[:1])
@@ -108,10 +111,12 @@ def make_example_episodes(
     compress: bool = False,
     camera_names: Sequence[str] = tuple(ALOHA_CAMERAS),
     sim: bool = True,
+    state_dim: int = STATE_DIM,
 ) -> list[Path]:
     """Write ``episode_{i}.hdf5`` files into ``out_dir`` and return their paths (deterministic in ``seed``).
 
     ``sim=False`` marks them as real-robot recordings (training pairs frame ``t`` with ``action[t-1:]``).
+    ``state_dim``: joints (state and action width); 14 is bimanual ALOHA, e.g. 7 a single arm.
     """
     unknown = set(camera_names) - {"cam_high", "cam_left_wrist", "cam_right_wrist"}
     if unknown:
@@ -122,7 +127,7 @@ def make_example_episodes(
     paths = []
     for i in range(num_episodes):
         path = out_dir / f"episode_{i}.hdf5"
-        make_episode(path, rng, episode_len, height, width, camera_names, compress, sim)
+        make_episode(path, rng, episode_len, height, width, camera_names, compress, sim, state_dim)
         paths.append(path)
     return paths
 
