@@ -55,6 +55,19 @@ QUANTILE_FIELDS = ("action_q01", "action_q99", "qpos_q01", "qpos_q99")
 ArrayLike = np.ndarray | torch.Tensor
 
 
+def write_stats_file(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write ``data`` as ``dataset_stats.json`` through a temporary file and ``os.replace`` (``path``: a directory
+    or a ``.json`` file path); returns the file written."""
+    path = Path(path)
+    if path.is_dir() or path.suffix != ".json":
+        path = path / STATS_FILE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
 @dataclass
 class NormStats:
     """Per-dimension statistics of actions and states, how they are applied, and what they were computed on.
@@ -244,14 +257,7 @@ class NormStats:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``dataset_stats.json`` atomically; ``path`` may be a directory or a file path."""
-        path = Path(path)
-        if path.is_dir() or path.suffix != ".json":
-            path = path / STATS_FILE_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
-        return path
+        return write_stats_file(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NormStats:
@@ -379,14 +385,7 @@ class EmbodimentStats(dict):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``dataset_stats.json`` atomically (``path``: a directory or a file path), as :meth:`NormStats.save`."""
-        path = Path(path)
-        if path.is_dir() or path.suffix != ".json":
-            path = path / STATS_FILE_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
-        return path
+        return write_stats_file(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbodimentStats:

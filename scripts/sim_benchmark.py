@@ -16,8 +16,9 @@ Stages (each resumable, each skipped when its outputs are complete; ``--stages``
 3. ``eval``: closed loop in gym-aloha on ``--num_eval`` seeds from ``--eval_seed`` (never a demonstration seed:
    asserted), with each execution strategy of ``--strategies`` (``chunk`` executes ``--exec_horizon`` actions per
    query; ``temporal_agg`` queries every step, ACT's weighting with ``--temporal_k``), split over ``--workers``
-   processes. ``--checkpoints`` also evaluates intermediate checkpoints (the training-steps ablation) with the
-   first strategy.
+   processes. ``--checkpoints`` also evaluates intermediate checkpoints (the training-steps ablation) with
+   ``--ablation_strategy`` (default: the first strategy); ``--ablate_exec H ...`` evaluates the final checkpoint
+   under ``chunk`` executing ``H`` actions per query.
 4. ``report``: ``summary.json`` and ``summary.md`` in ``--out``: success rate with a 95% Wilson interval, how
    many episodes reached each reward stage of the sim (touched, lifted, transfer attempted, transferred), mean
    return, the training curve, timings, and one mp4 of a success and one of a failure (``videos/``).
@@ -366,17 +367,21 @@ class SimBenchmark:
         return [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
                 for h in history if "loss" in h]
 
-    def report(self, checkpoints: Sequence[Path], extra_strategies: Sequence[str] = ()) -> dict[str, Any]:
+    def report(
+        self, checkpoints: Sequence[Path], extra_strategies: Sequence[str] = (), ablation_strategy: str | None = None
+    ) -> dict[str, Any]:
         c = self.config
         final = self.final_checkpoint()
         rows = []
         for checkpoint in checkpoints:
-            for strategy in [*c.strategies, *extra_strategies] if checkpoint == final else c.strategies[:1]:
+            for strategy in (
+                [*c.strategies, *extra_strategies] if checkpoint == final else [ablation_strategy or c.strategies[0]]
+            ):
                 episodes = self.episodes(strategy, checkpoint)
                 if episodes:
                     rows.append({"checkpoint": checkpoint.name, "steps": int(checkpoint.name.split("-")[-1]),
                                  "strategy": strategy, **self.score(episodes)})
-        videos = self.pick_videos(final, c.strategies[0])
+        videos = self.pick_videos(final, c.strategies)
         timings = {}
         for name in ("timings.json",):
             path = self.out / name
@@ -390,17 +395,18 @@ class SimBenchmark:
         (self.out / "summary.md").write_text(markdown(summary))
         return summary
 
-    def pick_videos(self, checkpoint: Path, strategy: str) -> dict[str, str]:
+    def pick_videos(self, checkpoint: Path, strategies: Sequence[str]) -> dict[str, str]:
+        """Copy the first success and the first failure (searching ``strategies`` in order) into ``videos/``."""
         picked = {}
-        for episode in self.episodes(strategy, checkpoint):
-            kind = "success" if episode["success"] else "failure"
-            if kind not in picked and episode.get("video") and Path(episode["video"]).exists():
-                target = self.out / "videos" / f"{kind}_seed{episode['seed']}.mp4"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(episode["video"], target)
-                picked[kind] = str(target.relative_to(self.out))
+        for strategy in strategies:
+            for episode in self.episodes(strategy, checkpoint):
+                kind = "success" if episode["success"] else "failure"
+                if kind not in picked and episode.get("video") and Path(episode["video"]).exists():
+                    target = self.out / "videos" / f"{kind}_{strategy}_seed{episode['seed']}.mp4"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(episode["video"], target)
+                    picked[kind] = str(target.relative_to(self.out))
         return picked
-
 
 def _mean(values: Sequence[float | None]) -> float | None:
     values = [v for v in values if v is not None]
@@ -450,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also evaluate these intermediate checkpoints (steps) with the first strategy")
     parser.add_argument("--ablation_eval", type=int, default=None,
                         help="episodes per intermediate checkpoint (default: --num_eval)")
+    parser.add_argument("--ablation_strategy", default=None,
+                        help="strategy of the intermediate checkpoints' evaluation (default: the first of --strategies)")
     parser.add_argument("--ablate_exec", type=int, nargs="*", default=[],
                         help="also evaluate the final checkpoint with chunk executing each of these horizons")
     parser.add_argument("--smoke", action="store_true", help="toy sizes: 2 demos, 4 steps, 2 short eval episodes")
@@ -500,9 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for horizon in args.ablate_exec:
                 bench.evaluate(f"chunk@{horizon}", bench.final_checkpoint(), args.ablation_eval, videos=False)
             for checkpoint in checkpoints[:-1]:
-                bench.evaluate(config.strategies[0], checkpoint, args.ablation_eval, videos=False)
+                bench.evaluate(args.ablation_strategy or config.strategies[0], checkpoint, args.ablation_eval,
+                               videos=False)
         else:
-            summary = bench.report(checkpoints, [f"chunk@{h}" for h in args.ablate_exec])
+            summary = bench.report(checkpoints, [f"chunk@{h}" for h in args.ablate_exec], args.ablation_strategy)
             print((args.out / "summary.md").read_text(), flush=True)
             print(f"summary: {args.out / 'summary.json'} ({len(summary['results'])} rows)")
             continue

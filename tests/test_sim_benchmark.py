@@ -158,3 +158,17 @@ def test_exec_horizon_ablation_gets_its_own_directory_and_flag(tmp_path: Path, m
     argv = launched[0][0]
     assert argv[argv.index("--strategy") + 1] == "chunk" and argv[argv.index("--exec_horizon") + 1] == "10"
     assert Path(argv[argv.index("--out") + 1]).parent.name == "chunk_exec10" and "--save_video" not in argv
+
+
+def test_steps_ablation_rows_use_the_ablation_strategy(tmp_path: Path) -> None:
+    bench, _ = _fake_run(tmp_path)
+    early = bench.train_dir / "checkpoint-5"
+    part = bench.eval_dir("temporal_agg", early) / "part_0"
+    part.mkdir(parents=True)
+    episode = {"seed": 1000, "success": False, "max_reward": 1, "return": 3.0}
+    (part / "sim_results.json").write_text(json.dumps({"complete": True, "episodes": [episode]}))
+    summary = bench.report([early, bench.final_checkpoint()], ablation_strategy="temporal_agg")
+    assert [(r["checkpoint"], r["strategy"]) for r in summary["results"]] == [
+        ("checkpoint-5", "temporal_agg"), ("checkpoint-10", "chunk"), ("checkpoint-10", "temporal_agg")
+    ]
+    assert summary["results"][0]["steps"] == 5 and summary["results"][0]["reached"]["touched"] == 1
