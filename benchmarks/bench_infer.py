@@ -131,8 +131,12 @@ class StageTimer:
 
 
 def legacy_sample(self: torch.nn.Module, hidden_states, states=None, generator=None, num_inference_timesteps=None,
-                  noise=None) -> torch.Tensor:
-    """The former DDIM loop (``scheduler.step`` per step, timesteps read from the host), for the ``before`` rows."""
+                  noise=None, action_mask=None, state_mask=None) -> torch.Tensor:
+    """The former DDIM loop (``scheduler.step`` per step, timesteps read from the host), for the ``before`` rows.
+
+    Single-embodiment models only (the masks of a multi-embodiment model came later than this loop)."""
+    if action_mask is not None or state_mask is not None:
+        raise ValueError("the former DDIM loop has no embodiment masks: benchmark a single-embodiment checkpoint")
     from policy_heads.conditioning import pool_condition
     from policy_heads.scheduling import ddim_step_fp32
 
