@@ -68,6 +68,20 @@ def write_stats_file(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     return path
 
 
+
+def read_stats_file(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """The parsed ``dataset_stats.json`` (``path``: the file or its directory) and the file's path; a missing or
+    non-JSON file is an error naming it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / STATS_FILE_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no dataset statistics file (expected {STATS_FILE_NAME})")
+    try:
+        return json.loads(path.read_text()), path
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON statistics file ({err})") from err
+
 @dataclass
 class NormStats:
     """Per-dimension statistics of actions and states, how they are applied, and what they were computed on.
@@ -262,15 +276,7 @@ class NormStats:
     @classmethod
     def load(cls, path: str | os.PathLike) -> NormStats:
         """Read ``dataset_stats.json`` (``path`` may be the file or the directory holding it)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / STATS_FILE_NAME
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no dataset statistics file (expected {STATS_FILE_NAME})")
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not a JSON statistics file ({err})") from err
+        data, path = read_stats_file(path)
         return cls.from_dict(data, source=str(path))
 
     # ---- the transforms -----------------------------------------------------------------------
@@ -394,15 +400,7 @@ class EmbodimentStats(dict):
 
 def load_embodiment_stats(path: str | os.PathLike) -> EmbodimentStats:
     """Read ``dataset_stats.json`` of either format (``path``: the file or its directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / STATS_FILE_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no dataset statistics file (expected {STATS_FILE_NAME})")
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a JSON statistics file ({err})") from err
+    data, path = read_stats_file(path)
     return EmbodimentStats.from_dict(data, source=str(path))
 
 
