@@ -140,6 +140,7 @@ def build_model_config(
         model_size=head_args.policy_head_size,
         # Only a model over several embodiments: a single-embodiment head keeps its parameter shapes.
         **({"state_mask_input": True} if multi else {}),
+        **({"state_dropout": head_args.state_dropout} if head_args.state_dropout else {}),
     )
     return vla_config_from_vlm(
         base,

@@ -57,6 +57,13 @@ TASK_CONFIGS: dict[str, dict[str, Any]] = {
         "camera_names": ["top"],
         "train_ratio": 1.0,
     },
+    # Its camera-count ablation (`--wrist_camera right_wrist`): the top camera and the grasping arm's wrist camera.
+    "sim_transfer_cube_benchmark_wrist": {
+        "dataset_dir": [str(ARTIFACTS_DIR / "sim_benchmark_demos")],
+        "episode_len": 400,
+        "camera_names": ["top", "right_wrist"],
+        "train_ratio": 1.0,
+    },
     # Scripted gym-aloha insertion demonstrations: `scripts/record_sim_episodes.py --task insertion`.
     "sim_insertion_scripted": {
         "dataset_dir": [str(ARTIFACTS_DIR / "sim_insertion_scripted")],

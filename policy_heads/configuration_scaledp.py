@@ -6,6 +6,8 @@ from typing import ClassVar
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .configuration_common import check_state_dropout, drop_unset_optional_fields
+
 # name -> (depth, n_emb, num_heads). The sizes of the ScaleDP paper; "ScaleDP_tiny" is for tests and demos.
 SCALEDP_PRESETS: dict[str, tuple[int, int, int]] = {
     "ScaleDP_tiny": (2, 64, 4),
@@ -45,6 +47,9 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
         state_mask_input (`bool`, defaults to False): the state projection also sees the per-dimension state mask
             (a model over several embodiments, their states zero-padded to `state_dim`); its input widens by
             `state_dim`.
+        state_dropout (`float`, defaults to 0.0): probability that a training sample's state is replaced by zeros
+            before it reaches the head, so the head must read the observation (the cameras) instead of
+            extrapolating the state; 1.0 hides the state always, at inference too. 0 (the reference): always seen.
     """
 
     model_type: ClassVar[str] = "scale_dp_policy"
@@ -73,6 +78,7 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
     num_inference_timesteps: int = 10
     noise_samples: int = 1
     state_mask_input: bool = False
+    state_dropout: int | float = 0.0
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)  # applies the aliases in `attribute_map` first
@@ -102,6 +108,7 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.state_dim < 0:
             raise ValueError(f"state_dim must be >= 0, got {self.state_dim}")
+        check_state_dropout(self.state_dropout, self.state_dim)
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.n_emb % self.num_heads != 0:
@@ -125,12 +132,9 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
             )
 
     def to_dict(self) -> dict:
-        """As saved in ``config.json``; ``state_mask_input`` only when set, so a single-embodiment head's config
-        keeps exactly the fields it had before several embodiments existed."""
-        out = super().to_dict()
-        if not out.get("state_mask_input"):
-            out.pop("state_mask_input", None)
-        return out
+        """As saved in ``config.json``; ``state_mask_input`` and ``state_dropout`` only when set, so a config that
+        does not use them keeps exactly the fields it had before they existed."""
+        return drop_unset_optional_fields(super().to_dict())
 
     def validate_architecture(self) -> None:
         """Part of `@strict` validation (also run by `save_pretrained`): re-checks edits made after construction."""

@@ -134,6 +134,8 @@ class DiffusionPolicyMixin:
             action_mask = _tile(action_mask, draws)
             noisy = noisy * action_mask.unsqueeze(1).to(noisy.dtype)
         extra = {} if state_mask is None else {"state_mask": _tile(state_mask, draws)}
+        # Drawn after the noise and timesteps, so runs without state dropout keep their random stream.
+        states = self.drop_states(states, generator)
         noise_pred = self.model_forward(noisy, timesteps, _tile(hidden_states, draws), _tile(states, draws), **extra)
         return masked_noise_mse(noise_pred, noise, _tile(is_pad, draws), action_mask)
 
@@ -169,6 +171,7 @@ class DiffusionPolicyMixin:
         keep = _check_mask(action_mask, batch, cfg.action_dim, "action_mask", device)
         keep = None if keep is None else keep.unsqueeze(1).to(torch.float32)
         extra = {} if state_mask is None else {"state_mask": state_mask.to(device)}
+        states = self.drop_states(states, generator)
         # Timesteps and coefficients are device tensors indexed by a Python step number: the loop never
         # waits for the device, so a GPU can queue all steps' kernels back to back.
         for step in range(tables.timesteps.shape[0]):
@@ -180,6 +183,19 @@ class DiffusionPolicyMixin:
             sample = sample * keep
         # float32 out: bf16 would quantise the actions (steps of ~0.008 near +-1) for no saving.
         return sample
+
+    def drop_states(self, states: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """``config.state_dropout``: `(B, state_dim)` states with each row zeroed (the normalised mean state) with
+        that probability in training mode; all rows zeroed at 1.0, in any mode (the head never saw a state)."""
+        rate = float(getattr(self.config, "state_dropout", 0.0))
+        if states is None or rate <= 0.0:
+            return states
+        if rate >= 1.0:
+            return torch.zeros_like(states)
+        if not self.training:
+            return states
+        draw = torch.rand(states.shape[0], generator=generator, device=_rng_device(generator, states.device))
+        return states * (draw.to(states.device) >= rate).unsqueeze(-1).to(states.dtype)
 
     def ddim_tables(self, num_inference_timesteps: int, device: torch.device) -> DDIMTables:
         """The DDIM constants of ``num_inference_timesteps`` steps on ``device``, built once and then reused."""

@@ -189,6 +189,14 @@ class ActionHeadArguments:
     )
     state_dim: int = field(default=7, metadata={"help": "Robot state (qpos) width."})
     action_dim: int = field(default=10, metadata={"help": "Action width."})
+    state_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability that a training sample's robot state is hidden from the action head (zeros), so "
+            "the head must read the cameras rather than extrapolate the state; 1.0: never seen, at inference "
+            "too. 0 (the reference): always seen."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.policy_head_type not in POLICY_HEAD_CONFIGS:
@@ -206,6 +214,8 @@ class ActionHeadArguments:
         for name in ("state_dim", "action_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.state_dropout <= 1.0:
+            raise ValueError(f"state_dropout must be in [0, 1], got {self.state_dropout}")
 
 
 @dataclass

@@ -8,18 +8,22 @@
 Stages (each resumable, each skipped when its outputs are complete; ``--stages`` picks some):
 
 1. ``record``: ``--num_demos`` scripted transfer-cube demonstrations (seeds ``--demo_seed`` ...), ``top`` camera
-   only at ``--height`` x ``--width``, recorded by ``--workers`` processes into ``$DEXVLA_ARTIFACTS/
+   (and ``--wrist_camera``, the camera-count ablation) at ``--height`` x ``--width``, recorded by ``--workers`` processes into ``$DEXVLA_ARTIFACTS/
    sim_benchmark_demos`` (the ``sim_transfer_cube_benchmark`` task of ``aloha_scripts/constants.py``).
 2. ``train``: a CPU-trainable tiny Qwen2-VL (built offline, see ``MODEL_WIDTHS``) with ScaleDP_tiny through
    ``train_vla.py`` (stage 2, no reasoning), checkpoints every ``--save_every`` steps; an interrupted run
-   resumes from its last checkpoint.
+   resumes from its last checkpoint. ``--state_dropout 1.0`` trains a head that never sees the robot state.
+   Another recording setting (size, cameras, count) keeps its demonstrations in a directory of its own.
 3. ``eval``: closed loop in gym-aloha on ``--num_eval`` seeds from ``--eval_seed`` (never a demonstration seed:
    asserted), with each execution strategy of ``--strategies`` (``chunk`` executes ``--exec_horizon`` actions per
    query; ``temporal_agg`` queries every step, ACT's weighting with ``--temporal_k``), split over ``--workers``
    processes. ``--checkpoints`` also evaluates intermediate checkpoints (the training-steps ablation) with
    ``--ablation_strategy`` (default: the first strategy); ``--ablate_exec H ...`` evaluates the final checkpoint
    under ``chunk`` executing ``H`` actions per query.
-4. ``report``: ``summary.json`` and ``summary.md`` in ``--out``: success rate with a 95% Wilson interval, how
+4. ``probe``: does the policy see the cube? ``--probe_episodes`` scripted demonstrations at the first evaluation
+   seeds (never trained on) are replayed open loop at steps ``PROBE_STEPS``: the predicted chunk's error against
+   the recorded one, next to a blind guess (``scripts/sim_localization_probe.py``), for each checkpoint.
+5. ``report``: ``summary.json`` and ``summary.md`` in ``--out``: success rate with a 95% Wilson interval, how
    many episodes reached each reward stage of the sim (touched, lifted, transfer attempted, transferred), mean
    return, the training curve, timings, and one mp4 of a success and one of a failure (``videos/``).
 
@@ -48,15 +52,30 @@ sys.path.insert(0, str(REPO_ROOT))
 from aloha_scripts.constants import ARTIFACTS_DIR  # noqa: E402
 
 TASK_NAME = "sim_transfer_cube_benchmark"
+# The camera-count ablation adds the grasping (right) arm's wrist camera: a TASK_CONFIGS entry of its own.
+WRIST_TASK_NAMES = {"right_wrist": "sim_transfer_cube_benchmark_wrist"}
 SIM_TASK = "transfer_cube"
-STAGES = ("record", "train", "eval", "report")
+STAGES = ("record", "train", "eval", "probe", "report")
+# Steps of the held-out demonstrations at which the probe compares the policy's chunk with the recorded one: the
+# first frame (the state says nothing of the cube) and one chunk-execution later.
+PROBE_STEPS = (0, 25)
 # gym-aloha's transfer-cube reward: 1 right gripper touches the cube, 2 lifted, 3 left gripper touches it
 # (transfer attempted), 4 the left gripper holds it off the table (success).
 REWARD_STAGES = {1: "touched", 2: "lifted", 3: "transfer_attempted", 4: "transferred"}
 # The benchmark's VLM: the tests' tiny Qwen2-VL with a wider vision tower, and a pixel budget that keeps the
-# 160x120 top camera at 168x112 (96 patches, 24 visual tokens) instead of the tests' 112x112 cap.
+# camera's frame at its own size, rounded to whole 28-pixel merged patches (160x120 -> 168x112: 96 patches, 24
+# visual tokens) instead of the tests' 112x112 cap.
 MODEL_WIDTHS = dict(hidden_size=64, intermediate_size=128, vision_embed_dim=64, vision_num_heads=4)
-MODEL_MAX_PIXELS = 168 * 112
+MERGED_PATCH = 28
+
+
+def frame_pixel_budget(height: int, width: int) -> int:
+    """Qwen2-VL's ``max_pixels`` that keeps a ``height`` x ``width`` frame at its size (rounded to 28-pixel units)."""
+    return max(MERGED_PATCH, round(height / MERGED_PATCH) * MERGED_PATCH) * max(
+        MERGED_PATCH, round(width / MERGED_PATCH) * MERGED_PATCH
+    )
+
+
 # Wall-clock estimates (seconds) on the 2-core development machine, one thread per process.
 SECONDS_PER = {"demo": 15.0, "train_step": 0.45, "eval_episode": {"chunk": 8.0, "temporal_agg": 25.0, "async": 10.0}}
 
@@ -70,6 +89,7 @@ class BenchmarkConfig:
     num_eval: int = 50
     eval_seed: int = 1000
     camera: str = "top"
+    wrist_camera: str | None = None  # also record and train on this wrist camera (one of WRIST_TASK_NAMES)
     height: int = 120
     width: int = 160
     chunk_size: int = 50
@@ -79,15 +99,34 @@ class BenchmarkConfig:
     steps: int = 8000
     save_every: int = 2000
     head_size: str = "ScaleDP_tiny"
+    state_dropout: float = 0.0  # the head's --state_dropout (1.0: it never sees the robot state)
+    # Held-out demonstrations for the first-chunk probe, at the first evaluation seeds (at most num_eval of them).
+    probe_episodes: int = 10
     strategies: list[str] = field(default_factory=lambda: ["chunk", "temporal_agg"])
     exec_horizon: int = 25
     temporal_k: float = 0.01
     max_episode_steps: int | None = None
     keep_failed_demos: bool = False
     model_widths: dict[str, int] = field(default_factory=lambda: dict(MODEL_WIDTHS))
-    model_max_pixels: int = MODEL_MAX_PIXELS
+    model_max_pixels: int | None = None  # None: the frame's own size (``frame_pixel_budget``)
+
+    @property
+    def camera_names(self) -> list[str]:
+        return [self.camera] + ([self.wrist_camera] if self.wrist_camera else [])
+
+    @property
+    def task_name(self) -> str:
+        """The TASK_CONFIGS entry training reads (its cameras are ``camera_names``)."""
+        return WRIST_TASK_NAMES[self.wrist_camera] if self.wrist_camera else TASK_NAME
 
     def __post_init__(self) -> None:
+        if self.wrist_camera is not None and (self.wrist_camera not in WRIST_TASK_NAMES or self.camera != "top"):
+            raise ValueError(
+                f"wrist_camera={self.wrist_camera!r} with camera={self.camera!r}: the benchmark's tasks pair the top "
+                f"camera with one of {sorted(WRIST_TASK_NAMES)}"
+            )
+        if self.model_max_pixels is None:
+            self.model_max_pixels = frame_pixel_budget(self.height, self.width)
         demo_seeds = set(range(self.demo_seed, self.demo_seed + self.num_demos))
         overlap = demo_seeds & set(range(self.eval_seed, self.eval_seed + self.num_eval))
         if overlap:
@@ -98,6 +137,8 @@ class BenchmarkConfig:
             )
         if not 0 < self.exec_horizon <= self.chunk_size:
             raise ValueError(f"exec_horizon={self.exec_horizon} must be in [1, chunk_size={self.chunk_size}]")
+        if self.probe_episodes < 0:
+            raise ValueError(f"probe_episodes={self.probe_episodes} must be >= 0")
         if self.save_every <= 0 or self.steps <= 0:
             raise ValueError(f"steps={self.steps} and save_every={self.save_every} must be positive")
 
@@ -173,6 +214,8 @@ class SimBenchmark:
         self.python = python
         # The task's dataset_dir is $DEXVLA_ARTIFACTS/sim_benchmark_demos: children get the same artifacts dir.
         self.demo_dir = artifacts / "sim_benchmark_demos"
+        # Demonstrations at evaluation seeds, never trained on: what the first-chunk probe compares against.
+        self.probe_demo_dir = artifacts / "sim_benchmark_probe_demos"
         self.model_dir = out / "model"
         self.train_dir = out / "train"
         self.env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -186,7 +229,9 @@ class SimBenchmark:
         current = asdict(self.config)
         if path.exists():
             saved = json.loads(path.read_text())
-            changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+            defaults = asdict(BenchmarkConfig())
+            # A setting added after the run was made takes its default there.
+            changed = {k: (saved.get(k, defaults[k]), v) for k, v in current.items() if saved.get(k, defaults[k]) != v}
             if changed:
                 raise SystemExit(
                     f"{path} was written by a run with other settings {changed} (saved, now); use another --out "
@@ -209,31 +254,39 @@ class SimBenchmark:
     # ---- stages --------------------------------------------------------------------------------------------
     def record(self) -> None:
         c = self.config
+        self._record_shards(self.demo_dir, c.num_demos, c.demo_seed, c.keep_failed_demos)
+        self.demo_seeds()  # validates what was written
+
+    def _record_shards(self, directory: Path, count: int, first_seed: int, keep_failed: bool) -> None:
+        """Scripted demonstrations of seeds ``first_seed ...`` into ``directory/shard_k`` (``--workers`` shards);
+        shards already recorded with these settings are kept."""
+        c = self.config
         commands = []
-        for k, (offset, count) in enumerate(split_evenly(c.num_demos, self.workers)):
-            shard = self.demo_dir / f"shard_{k}"
+        slices = split_evenly(count, self.workers) if count else []
+        for k, (offset, shard_count) in enumerate(slices):
+            shard = directory / f"shard_{k}"
             summary = shard / "record_summary.json"
-            wanted = {"num_episodes": count, "camera_names": [c.camera], "image_size": [c.height, c.width]}
+            wanted = {"num_episodes": shard_count, "camera_names": c.camera_names, "image_size": [c.height, c.width]}
             if summary.exists():
                 done = json.loads(summary.read_text())
                 seeds = [e["seed"] for e in done["episodes"]]
-                if all(done.get(key) == value for key, value in wanted.items()) and seeds[:1] == [c.demo_seed + offset]:
-                    print(f"  shard {k}: {done['num_written']} demonstrations already recorded", flush=True)
+                if all(done.get(key) == value for key, value in wanted.items()) and seeds[:1] == [first_seed + offset]:
+                    print(f"  {directory.name} shard {k}: {done['num_written']} demonstrations already recorded",
+                          flush=True)
                     continue
             commands.append((
                 [self.python, str(REPO_ROOT / "scripts/record_sim_episodes.py"), "--task", SIM_TASK,
-                 "--num_episodes", str(count), "--seed", str(c.demo_seed + offset), "--out", str(shard),
-                 "--camera_names", c.camera, "--height", str(c.height), "--width", str(c.width), "--overwrite",
+                 "--num_episodes", str(shard_count), "--seed", str(first_seed + offset), "--out", str(shard),
+                 "--camera_names", *c.camera_names, "--height", str(c.height), "--width", str(c.width), "--overwrite",
                  *(["--episode_len", str(c.max_episode_steps)] if c.max_episode_steps else []),
-                 *(["--keep_failed"] if c.keep_failed_demos else [])],
-                self.out / "logs" / f"record_{k}.log",
+                 *(["--keep_failed"] if keep_failed else [])],
+                self.out / "logs" / f"record_{directory.name}_{k}.log",
             ))
-        # Shards of an earlier run with more workers would be trained on too.
-        for stale in sorted(self.demo_dir.glob("shard_*"))[len(split_evenly(c.num_demos, self.workers)):]:
+        # Shards of an earlier run with more workers would be read too.
+        for stale in sorted(directory.glob("shard_*"))[len(slices):]:
             shutil.rmtree(stale)
         if commands:
             run_parallel(commands, self.env)
-        self.demo_seeds()  # validates what was written
 
     def demo_seeds(self) -> list[int]:
         """Seeds of the recorded (successful, hence written) demonstrations, from the shards' summaries."""
@@ -261,11 +314,11 @@ class SimBenchmark:
         c = self.config
         size = f"({c.width},{c.height})"
         return [
-            "--model_name_or_path", str(self.model_dir), "--task_name", TASK_NAME,
+            "--model_name_or_path", str(self.model_dir), "--task_name", c.task_name,
             "--output_dir", str(self.train_dir), "--logging_dir", str(self.train_dir / "log"),
             "--use_cpu", "True", "--use_reasoning", "False", "--state_dim", "14", "--action_dim", "14",
             "--chunk_size", str(c.chunk_size), "--policy_head_type", "scale_dp_policy",
-            "--policy_head_size", c.head_size, "--image_size_stable", size, "--image_size_wrist", size,
+            "--policy_head_size", c.head_size, "--state_dropout", str(c.state_dropout), "--image_size_stable", size, "--image_size_wrist", size,
             "--per_device_train_batch_size", str(c.batch_size), "--gradient_accumulation_steps", "1",
             "--learning_rate", str(c.learning_rate), "--weight_decay", "0.0", "--lr_scheduler_type", c.lr_scheduler,
             "--warmup_ratio", "0.02", "--max_steps", str(c.steps), "--save_strategy", "steps",
@@ -344,6 +397,30 @@ class SimBenchmark:
             episodes += json.loads(result.read_text())["episodes"]
         return sorted(episodes, key=lambda e: e["seed"])
 
+    def probe(self, checkpoints: Sequence[Path]) -> None:
+        """The first-chunk probe (``scripts/sim_localization_probe.py``) of each checkpoint on
+        ``probe_episodes`` held-out demonstrations recorded at the first evaluation seeds."""
+        count = min(self.config.probe_episodes, self.config.num_eval)
+        if not count:
+            return
+        # Evaluation seeds: asserted disjoint from the training demonstrations' (``eval_seeds``).
+        self._record_shards(self.probe_demo_dir, count, self.eval_seeds()[0], keep_failed=False)
+        held_out = sorted(self.probe_demo_dir.glob("shard_*/episode_*.hdf5"))
+        training = sorted(self.demo_dir.glob("shard_*/episode_*.hdf5"))
+        for checkpoint in checkpoints:
+            result = self.probe_path(checkpoint)
+            if result.exists():
+                continue
+            print(f"  probe of {checkpoint.name} on {len(held_out)} held-out demonstrations", flush=True)
+            argv = [self.python, str(REPO_ROOT / "scripts/sim_localization_probe.py"), "--ckpt", str(checkpoint),
+                    "--episodes", *map(str, held_out), "--train_episodes", *map(str, training),
+                    "--steps", *map(str, PROBE_STEPS), "--out", str(result)]
+            log = self.out / "logs" / f"probe_{checkpoint.name}.log"
+            run_parallel([(argv, log)], dict(self.env, PYTHONPATH=str(REPO_ROOT)))
+
+    def probe_path(self, checkpoint: Path) -> Path:
+        return self.out / "probe" / f"{checkpoint.name}.json"
+
     # ---- report --------------------------------------------------------------------------------------------
     def score(self, episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
         n = len(episodes)
@@ -387,9 +464,11 @@ class SimBenchmark:
             path = self.out / name
             if path.exists():
                 timings = json.loads(path.read_text())
+        probe = {p.name: json.loads(self.probe_path(p).read_text())["rows"] for p in checkpoints
+                 if self.probe_path(p).exists()}
         summary = {
             "config": asdict(c), "demo_seeds": self.demo_seeds(), "eval_seeds": self.eval_seeds(),
-            "results": rows, "training_curve": self.training_curve(), "videos": videos, "timings": timings,
+            "results": rows, "probe": probe, "training_curve": self.training_curve(), "videos": videos, "timings": timings,
         }
         write_json_atomic(self.out / "summary.json", summary)
         (self.out / "summary.md").write_text(markdown(summary))
@@ -417,6 +496,7 @@ def markdown(summary: dict[str, Any]) -> str:
     c = summary["config"]
     lines = [
         f"Transfer-cube, {len(summary['demo_seeds'])} scripted demonstrations, `{c['camera']}` camera "
+        f"{'+ `' + c['wrist_camera'] + '` ' if c.get('wrist_camera') else ''}"
         f"{c['width']}x{c['height']}, tiny Qwen2-VL + {c['head_size']}, chunk {c['chunk_size']}, batch "
         f"{c['batch_size']}, lr {c['learning_rate']:g} {c['lr_scheduler']}; closed loop on seeds "
         f"{summary['eval_seeds'][0]}-{summary['eval_seeds'][-1]} (no demonstration seed).",
@@ -435,6 +515,19 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {r['checkpoint']} | {strategy} | {r['successes']}/{n} ({100 * r['success_rate']:.0f}%) | "
             f"{100 * r['ci95'][0]:.0f}-{100 * r['ci95'][1]:.0f}% | {reached} | {r['mean_return']:.1f} | {infer} |"
         )
+    if summary.get("probe"):
+        lines += [
+            "",
+            "First-chunk probe: the chunk predicted at a step of held-out demonstrations against the recorded one, "
+            "as a ratio to a blind guess (the training demonstrations' mean chunk at that step): 0 exact, 1 no better "
+            "than the mean, about 2 an arbitrary demonstration's chunk. At step 0 only the cameras show the cube.",
+            "",
+            "| checkpoint | step | episodes | MSE | blind MSE | ratio | ratio, right arm |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, probe_rows in summary["probe"].items():
+            lines += [f"| {name} | {r['step']} | {r['episodes']} | {r['policy_all']:.4f} | {r['blind_all']:.4f} | "
+                      f"{r['ratio_all']:.2f} | {r['ratio_right']:.2f} |" for r in probe_rows]
     curve = summary["training_curve"]
     if curve:
         marks = sorted({0, len(curve) // 4, len(curve) // 2, 3 * len(curve) // 4, len(curve) - 1})
@@ -444,6 +537,19 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary["videos"]:
         lines += ["", "Videos: " + ", ".join(f"{k}: `{v}`" for k, v in summary["videos"].items())]
     return "\n".join(lines) + "\n"
+
+
+def demo_artifacts_dir(config: BenchmarkConfig, root: Path) -> Path:
+    """The ``$DEXVLA_ARTIFACTS`` of a run: ``root`` for the default recording, else a directory of its own per
+    recording setting, so an ablation's demonstrations (other size, count or seed) never overwrite the default's."""
+    recording = ("camera", "wrist_camera", "height", "width", "num_demos", "demo_seed", "max_episode_steps", "keep_failed_demos")
+    default = BenchmarkConfig()
+    if all(getattr(config, k) == getattr(default, k) for k in recording):
+        return root
+    name = f"{'+'.join(config.camera_names)}_{config.width}x{config.height}_{config.num_demos}demos_seed{config.demo_seed}"
+    name += f"_len{config.max_episode_steps}" if config.max_episode_steps else ""
+    name += "_keepfailed" if config.keep_failed_demos else ""
+    return root / "sim_benchmark_variants" / name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -461,14 +567,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ablate_exec", type=int, nargs="*", default=[],
                         help="also evaluate the final checkpoint with chunk executing each of these horizons")
     parser.add_argument("--smoke", action="store_true", help="toy sizes: 2 demos, 4 steps, 2 short eval episodes")
+    for name, value in MODEL_WIDTHS.items():
+        parser.add_argument(f"--{name}", type=int, default=value, help="width of the tiny VLM (model-width ablation)")
     for name, value in asdict(defaults).items():
         if name in ("model_widths", "model_max_pixels", "keep_failed_demos"):
             continue
         if isinstance(value, list):
             parser.add_argument(f"--{name}", nargs="+", default=value)
         else:
-            kind = float if isinstance(value, float) else int if isinstance(value, int) else str
-            parser.add_argument(f"--{name}", type=kind, default=value)
+            # Fields that default to None say their type here.
+            kind = {"max_episode_steps": int, "wrist_camera": str}.get(name) or type(value)
+            choices = sorted(WRIST_TASK_NAMES) if name == "wrist_camera" else None
+            parser.add_argument(f"--{name}", type=kind, default=value, choices=choices)
     return parser
 
 
@@ -480,11 +590,12 @@ SMOKE = dict(num_demos=2, num_eval=2, steps=4, save_every=2, batch_size=2, chunk
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fields = {k: getattr(args, k) for k in asdict(BenchmarkConfig()) if hasattr(args, k)}
+    fields["model_widths"] = {name: getattr(args, name) for name in MODEL_WIDTHS}
     if args.smoke:
         fields.update(SMOKE)
     config = BenchmarkConfig(**fields)
     # A smoke run keeps its demonstrations in its own directory, away from the benchmark's.
-    artifacts = args.out / "artifacts" if args.smoke else ARTIFACTS_DIR
+    artifacts = args.out / "artifacts" if args.smoke else demo_artifacts_dir(config, ARTIFACTS_DIR)
     bench = SimBenchmark(config, args.out, args.workers, artifacts)
     bench.check_config()
     estimates = bench.estimate(args.stages)
@@ -501,6 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.record()
         elif stage == "train":
             bench.train()
+        elif stage == "probe":
+            bench.probe(checkpoints)
         elif stage == "eval":
             bench.eval_seeds()
             for strategy in config.strategies:

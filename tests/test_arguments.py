@@ -187,6 +187,12 @@ def _action_dim(run: Run) -> None:
     assert run.parse(action_dim=5)[1].policy_head_config.action_dim == 5
 
 
+@effect("state_dropout")
+def _state_dropout(run: Run) -> None:
+    assert run.parse(state_dropout=1.0)[1].policy_head_config.state_dropout == 1.0
+    assert run.parse()[1].policy_head_config.state_dropout == 0.0
+
+
 @effect("model_name_or_path")
 def _model_name_or_path(run: Run) -> None:
     base = transformers.AutoConfig.from_pretrained(run.model_dir)

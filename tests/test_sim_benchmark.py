@@ -14,9 +14,12 @@ import pytest
 from scripts.sim_benchmark import (
     REWARD_STAGES,
     SMOKE,
+    TASK_NAME,
     BenchmarkConfig,
     SimBenchmark,
     build_parser,
+    demo_artifacts_dir,
+    frame_pixel_budget,
     main,
     split_evenly,
     wilson_interval,
@@ -172,3 +175,114 @@ def test_steps_ablation_rows_use_the_ablation_strategy(tmp_path: Path) -> None:
         ("checkpoint-5", "temporal_agg"), ("checkpoint-10", "chunk"), ("checkpoint-10", "temporal_agg")
     ]
     assert summary["results"][0]["steps"] == 5 and summary["results"][0]["reached"]["touched"] == 1
+
+
+def test_pixel_budget_keeps_the_camera_frame_at_its_size() -> None:
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    assert BenchmarkConfig().model_max_pixels == frame_pixel_budget(120, 160) == 168 * 112  # the published run's
+    for height, width in [(120, 160), (240, 320), (168, 224)]:
+        budget = BenchmarkConfig(height=height, width=width).model_max_pixels
+        resized = smart_resize(height, width, factor=28, min_pixels=28 * 28, max_pixels=budget)
+        # Qwen2-VL's processor keeps the frame at its size rounded to 28 px: the budget does not shrink it.
+        assert resized == (round(height / 28) * 28, round(width / 28) * 28)
+    assert BenchmarkConfig(height=240, width=320, model_max_pixels=1000).model_max_pixels == 1000
+
+
+def test_ablation_demonstrations_never_overwrite_the_default_ones(tmp_path: Path) -> None:
+    root = tmp_path / "art"
+    assert demo_artifacts_dir(BenchmarkConfig(steps=100, save_every=50), root) == root  # training settings share
+    variants = [
+        BenchmarkConfig(wrist_camera="right_wrist"),
+        BenchmarkConfig(height=240, width=320),
+        BenchmarkConfig(num_demos=25),
+        BenchmarkConfig(demo_seed=100, eval_seed=2000),
+    ]
+    dirs = [demo_artifacts_dir(c, root) for c in variants]
+    assert len(set(dirs)) == len(dirs) and all(d.parent == root / "sim_benchmark_variants" for d in dirs)
+    assert "top+right_wrist" in dirs[0].name and "320x240" in dirs[1].name
+
+
+def test_wrist_camera_ablation_records_and_trains_both_cameras(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    from aloha_scripts.constants import TASK_CONFIGS
+    from qwen2_vla.arguments import ActionHeadArguments, DataArguments, ModelArguments, TrainingArguments
+
+    with pytest.raises(ValueError, match="wrist_camera='left_wrist'.*camera='top'"):
+        BenchmarkConfig(wrist_camera="left_wrist")
+    config = BenchmarkConfig(wrist_camera="right_wrist")
+    bench = SimBenchmark(config, tmp_path / "out", 1, tmp_path / "art")
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, ActionHeadArguments))
+    _, data_args, _, _ = parser.parse_args_into_dataclasses(args=bench.train_args())
+    assert data_args.task_name != TASK_NAME
+    assert TASK_CONFIGS[data_args.task_name]["camera_names"] == config.camera_names == ["top", "right_wrist"]
+    launched = []
+    monkeypatch.setattr("scripts.sim_benchmark.run_parallel", lambda commands, env: launched.extend(commands))
+    with pytest.raises(SystemExit, match="no demonstrations"):  # nothing was really recorded
+        bench.record()
+    argv = launched[0][0]
+    assert argv[argv.index("--camera_names") + 1: argv.index("--camera_names") + 3] == ["top", "right_wrist"]
+
+
+def test_width_flags_reach_the_model_and_old_configs_still_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("scripts.sim_benchmark.ARTIFACTS_DIR", tmp_path / "art")
+    with pytest.raises(SystemExit, match="no demonstrations"):
+        main(["--out", str(tmp_path / "wide"), "--vision_embed_dim", "128", "--stages", "report"])
+    saved = json.loads((tmp_path / "wide" / "config.json").read_text())
+    assert saved["model_widths"]["vision_embed_dim"] == 128 and saved["model_widths"]["hidden_size"] == 64
+    # A run directory written before `wrist_camera` existed resumes with the default, and refuses another value.
+    old = tmp_path / "old"
+    SimBenchmark(BenchmarkConfig(), old, 1, tmp_path / "art").check_config()
+    saved = json.loads((old / "config.json").read_text())
+    del saved["wrist_camera"]
+    (old / "config.json").write_text(json.dumps(saved))
+    SimBenchmark(BenchmarkConfig(), old, 1, tmp_path / "art").check_config()
+    with pytest.raises(SystemExit, match="wrist_camera"):
+        SimBenchmark(BenchmarkConfig(wrist_camera="right_wrist"), old, 1, tmp_path / "art").check_config()
+
+
+def test_probe_records_held_out_demos_and_reports_the_ratio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench, _ = _fake_run(tmp_path)
+    with pytest.raises(ValueError, match="probe_episodes=-1"):
+        BenchmarkConfig(probe_episodes=-1)
+    launched = []
+    monkeypatch.setattr("scripts.sim_benchmark.run_parallel", lambda commands, env: launched.extend(commands))
+    bench.probe([bench.final_checkpoint()])
+    record = [argv for argv, _ in launched if "record_sim_episodes.py" in argv[1]]
+    # The held-out demonstrations are recorded at the evaluation seeds, apart from the training demonstrations.
+    assert record and record[0][record[0].index("--seed") + 1] == str(bench.eval_seeds()[0])
+    assert Path(record[0][record[0].index("--out") + 1]).parent == bench.probe_demo_dir != bench.demo_dir
+    # Pretend they were recorded, then the probe runs on held-out and training files.
+    launched.clear()
+    for directory, name in ((bench.probe_demo_dir, "held"), (bench.demo_dir, "train")):
+        shard = directory / "shard_0"
+        shard.mkdir(parents=True, exist_ok=True)
+        (shard / f"episode_{name}.hdf5").write_bytes(b"")
+    for k, (offset, count) in enumerate(split_evenly(bench.config.num_eval, 2)):  # probe_episodes capped
+        shard = bench.probe_demo_dir / f"shard_{k}"
+        shard.mkdir(parents=True, exist_ok=True)
+        episodes = [{"seed": 1000 + offset + i, "file": f"episode_{i}.hdf5"} for i in range(count)]
+        (shard / "record_summary.json").write_text(json.dumps(
+            {"num_episodes": count, "camera_names": ["top"], "image_size": [120, 160], "num_written": count,
+             "episodes": episodes}))
+    bench.probe([bench.final_checkpoint()])
+    assert len(launched) == 1
+    argv = launched[0][0]
+    held = argv[argv.index("--episodes") + 1: argv.index("--train_episodes")]
+    assert held == [str(bench.probe_demo_dir / "shard_0" / "episode_held.hdf5")]
+    assert argv[argv.index("--train_episodes") + 1].endswith("episode_train.hdf5")
+    row = {"step": 0, "episodes": 1, "policy_all": 0.02, "blind_all": 0.01, "ratio_all": 2.0, "ratio_right": 1.5}
+    result = bench.probe_path(bench.final_checkpoint())
+    result.parent.mkdir(parents=True)
+    result.write_text(json.dumps({"rows": [row]}))
+    launched.clear()
+    bench.probe([bench.final_checkpoint()])
+    assert launched == []  # done once
+    summary = bench.report([bench.final_checkpoint()])
+    assert summary["probe"] == {"checkpoint-10": [row]}
+    assert "| checkpoint-10 | 0 | 1 | 0.0200 | 0.0100 | 2.00 | 1.50 |" in (bench.out / "summary.md").read_text()

@@ -1,0 +1,23 @@
+"""What the two diffusion-expert configs share: fields added after checkpoints existed, and their checks."""
+
+# Written to config.json only when set (not their default), so a config without them is saved exactly as it was
+# before they existed, and older checkpoints read back unchanged.
+OPTIONAL_FIELDS: dict[str, object] = {"state_mask_input": False, "state_dropout": 0.0}
+
+
+def drop_unset_optional_fields(config_dict: dict) -> dict:
+    """``config_dict`` (a ``to_dict()`` result) without the optional fields that hold their default."""
+    for name, default in OPTIONAL_FIELDS.items():
+        if name in config_dict and config_dict[name] == default:
+            config_dict.pop(name)
+    return config_dict
+
+
+def check_state_dropout(state_dropout: float, state_dim: int) -> None:
+    if not 0.0 <= state_dropout <= 1.0:
+        raise ValueError(f"state_dropout must be in [0, 1], got {state_dropout}")
+    if state_dropout > 0 and state_dim == 0:
+        raise ValueError(f"state_dropout={state_dropout} with state_dim=0: there is no state to drop")
+
+
+__all__ = ["OPTIONAL_FIELDS", "check_state_dropout", "drop_unset_optional_fields"]
