@@ -100,6 +100,9 @@ class BenchmarkConfig:
     save_every: int = 2000
     head_size: str = "ScaleDP_tiny"
     state_dropout: float = 0.0  # the head's --state_dropout (1.0: it never sees the robot state)
+    # Keep the tiny ViT at its random initialisation: trained from scratch here, its output collapses to a
+    # constant within a few hundred steps (the first-chunk probe and README show it), so the head goes blind.
+    freeze_vision_tower: bool = False
     # Held-out demonstrations for the first-chunk probe, at the first evaluation seeds (at most num_eval of them).
     probe_episodes: int = 10
     strategies: list[str] = field(default_factory=lambda: ["chunk", "temporal_agg"])
@@ -318,7 +321,8 @@ class SimBenchmark:
             "--output_dir", str(self.train_dir), "--logging_dir", str(self.train_dir / "log"),
             "--use_cpu", "True", "--use_reasoning", "False", "--state_dim", "14", "--action_dim", "14",
             "--chunk_size", str(c.chunk_size), "--policy_head_type", "scale_dp_policy",
-            "--policy_head_size", c.head_size, "--state_dropout", str(c.state_dropout), "--image_size_stable", size, "--image_size_wrist", size,
+            "--policy_head_size", c.head_size, "--state_dropout", str(c.state_dropout),
+            "--freeze_vision_tower", str(c.freeze_vision_tower), "--image_size_stable", size, "--image_size_wrist", size,
             "--per_device_train_batch_size", str(c.batch_size), "--gradient_accumulation_steps", "1",
             "--learning_rate", str(c.learning_rate), "--weight_decay", "0.0", "--lr_scheduler_type", c.lr_scheduler,
             "--warmup_ratio", "0.02", "--max_steps", str(c.steps), "--save_strategy", "steps",
@@ -520,14 +524,16 @@ def markdown(summary: dict[str, Any]) -> str:
             "",
             "First-chunk probe: the chunk predicted at a step of held-out demonstrations against the recorded one, "
             "as a ratio to a blind guess (the training demonstrations' mean chunk at that step): 0 exact, 1 no better "
-            "than the mean, about 2 an arbitrary demonstration's chunk. At step 0 only the cameras show the cube.",
+            "than the mean, about 2 an arbitrary demonstration's chunk. At step 0 only the cameras show the cube. Image "
+            "effect: how much the chunk changes (MSE) when the frames are swapped for another episode's; 0: blind.",
             "",
-            "| checkpoint | step | episodes | MSE | blind MSE | ratio | ratio, right arm |",
-            "|---|---|---|---|---|---|---|",
+            "| checkpoint | step | episodes | MSE | blind MSE | ratio | ratio, right arm | image effect |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, probe_rows in summary["probe"].items():
             lines += [f"| {name} | {r['step']} | {r['episodes']} | {r['policy_all']:.4f} | {r['blind_all']:.4f} | "
-                      f"{r['ratio_all']:.2f} | {r['ratio_right']:.2f} |" for r in probe_rows]
+                      f"{r['ratio_all']:.2f} | {r['ratio_right']:.2f} | {r.get('image_effect', float('nan')):.4f} |"
+                      for r in probe_rows]
     curve = summary["training_curve"]
     if curve:
         marks = sorted({0, len(curve) // 4, len(curve) // 2, 3 * len(curve) // 4, len(curve) - 1})
@@ -550,6 +556,14 @@ def demo_artifacts_dir(config: BenchmarkConfig, root: Path) -> Path:
     name += f"_len{config.max_episode_steps}" if config.max_episode_steps else ""
     name += "_keepfailed" if config.keep_failed_demos else ""
     return root / "sim_benchmark_variants" / name
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -576,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(f"--{name}", nargs="+", default=value)
         else:
             # Fields that default to None say their type here.
-            kind = {"max_episode_steps": int, "wrist_camera": str}.get(name) or type(value)
+            kind = {"max_episode_steps": int, "wrist_camera": str}.get(name) or (
+                parse_bool if isinstance(value, bool) else type(value))
             choices = sorted(WRIST_TASK_NAMES) if name == "wrist_camera" else None
             parser.add_argument(f"--{name}", type=kind, default=value, choices=choices)
     return parser

@@ -6,7 +6,9 @@ each held-out demonstration and compares the predicted chunk with the recorded a
 *blind* prediction: the mean of the training demonstrations' actions at the same step, what a policy that
 ignores the images would do at best. A ratio (policy / blind error) near 1 means the chunk does not follow the
 cube; open-loop replay cannot show this, because from the second query on the state tells where the
-demonstration was heading.
+demonstration was heading. ``image effect``: the mean squared change of the chunk when the frames are swapped for
+another held-out episode's (the cube elsewhere) with the state and the noise kept: 0 for a policy blind to its
+cameras.
 
     python scripts/sim_localization_probe.py --ckpt DIR --episodes HELD_OUT/*.hdf5 --train_episodes DEMOS/*.hdf5
 """
@@ -61,10 +63,16 @@ def probe(
     policy = DexVLAPolicy(ckpt, max_new_tokens=0, seed=seed)
     rows = []
     for step in steps:
-        errors = {"policy_all": [], "blind_all": [], "policy_right": [], "blind_right": []}
+        errors = {"policy_all": [], "blind_all": [], "policy_right": [], "blind_right": [], "image_effect": []}
         chunk = None
-        for path in episodes:
-            predicted = np.asarray(policy.infer(observation(path, step, policy.camera_names))["actions"], np.float64)
+        observations = [observation(path, step, policy.camera_names) for path in episodes]
+        for k, (path, obs) in enumerate(zip(episodes, observations, strict=True)):
+            predicted = np.asarray(policy.infer(obs)["actions"], np.float64)
+            # The same query with the next episode's frames (the cube elsewhere) and this one's state and noise:
+            # how much the chunk follows the cameras at all.
+            swapped = dict(obs, images=observations[(k + 1) % len(observations)]["images"])
+            moved = np.asarray(policy.infer(swapped)["actions"], np.float64)
+            errors["image_effect"].append(float(np.mean((moved - predicted) ** 2)))
             chunk = len(predicted)
             truth = recorded_actions(path, step, chunk)
             blind = np.mean([recorded_actions(p, step, chunk) for p in train_episodes], axis=0)
@@ -83,10 +91,11 @@ def probe(
 
 def table(result: dict) -> str:
     lines = ["| step | policy MSE (all) | blind MSE (all) | ratio | policy MSE (right arm) | blind MSE (right arm) | "
-             "ratio |", "|---|---|---|---|---|---|---|"]
+             "ratio | image effect |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['step']} | {r['policy_all']:.4f} | {r['blind_all']:.4f} | {r['ratio_all']:.2f} | "
-                     f"{r['policy_right']:.4f} | {r['blind_right']:.4f} | {r['ratio_right']:.2f} |")
+                     f"{r['policy_right']:.4f} | {r['blind_right']:.4f} | {r['ratio_right']:.2f} | "
+                     f"{r['image_effect']:.4f} |")
     return "\n".join(lines)
 
 

@@ -71,6 +71,13 @@ def test_train_args_parse_with_train_vla_parser(tmp_path: Path) -> None:
     assert data_args.task_name == "sim_transfer_cube_benchmark" and data_args.chunk_size == 50
     assert training_args.max_steps == 8000 and training_args.save_steps == 2000
     assert head_args.policy_head_size == "ScaleDP_tiny"
+    assert not training_args.freeze_vision_tower and head_args.state_dropout == 0.0  # the published run's
+    ablation = SimBenchmark(BenchmarkConfig(freeze_vision_tower=True, state_dropout=1.0), tmp_path / "o2", 1, tmp_path)
+    _, _, training_args, head_args = parser.parse_args_into_dataclasses(args=ablation.train_args())
+    assert training_args.freeze_vision_tower and head_args.state_dropout == 1.0
+    args = build_parser().parse_args(["--freeze_vision_tower", "True", "--state_dropout", "0.5"])
+    assert args.freeze_vision_tower is True and args.state_dropout == 0.5
+    assert build_parser().parse_args(["--freeze_vision_tower", "false"]).freeze_vision_tower is False
 
 
 def test_resumed_run_must_keep_its_settings(tmp_path: Path) -> None:
@@ -276,7 +283,8 @@ def test_probe_records_held_out_demos_and_reports_the_ratio(tmp_path: Path, monk
     held = argv[argv.index("--episodes") + 1: argv.index("--train_episodes")]
     assert held == [str(bench.probe_demo_dir / "shard_0" / "episode_held.hdf5")]
     assert argv[argv.index("--train_episodes") + 1].endswith("episode_train.hdf5")
-    row = {"step": 0, "episodes": 1, "policy_all": 0.02, "blind_all": 0.01, "ratio_all": 2.0, "ratio_right": 1.5}
+    row = {"step": 0, "episodes": 1, "policy_all": 0.02, "blind_all": 0.01, "ratio_all": 2.0, "ratio_right": 1.5,
+           "image_effect": 0.0}
     result = bench.probe_path(bench.final_checkpoint())
     result.parent.mkdir(parents=True)
     result.write_text(json.dumps({"rows": [row]}))
@@ -285,4 +293,4 @@ def test_probe_records_held_out_demos_and_reports_the_ratio(tmp_path: Path, monk
     assert launched == []  # done once
     summary = bench.report([bench.final_checkpoint()])
     assert summary["probe"] == {"checkpoint-10": [row]}
-    assert "| checkpoint-10 | 0 | 1 | 0.0200 | 0.0100 | 2.00 | 1.50 |" in (bench.out / "summary.md").read_text()
+    assert "| checkpoint-10 | 0 | 1 | 0.0200 | 0.0100 | 2.00 | 1.50 | 0.0000 |" in (bench.out / "summary.md").read_text()
