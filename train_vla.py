@@ -84,6 +84,8 @@ def _check_checkpoint_head(config: VLAConfigMixin, data_args: DataArguments, hea
         "state_dim": (head.state_dim, state_dim),
         "action_dim": (head.action_dim, action_dim),
         "chunk_size": (head.prediction_horizon, data_args.chunk_size),
+        # The head learnt with (or without) the state; training it on with another rate changes what it reads.
+        "state_dropout": (float(getattr(head, "state_dropout", 0.0)), float(head_args.state_dropout)),
     }
     if getattr(head, "state_mask_input", False) != multi:
         expected["several embodiments (state mask input)"] = (getattr(head, "state_mask_input", False), multi)

@@ -14,6 +14,7 @@ def drop_unset_optional_fields(config_dict: dict) -> dict:
 
 
 def check_state_dropout(state_dropout: float, state_dim: int) -> None:
+    """Reject a rate outside [0, 1], or a rate for a head that has no state (``state_dim`` 0)."""
     if not 0.0 <= state_dropout <= 1.0:
         raise ValueError(f"state_dropout must be in [0, 1], got {state_dropout}")
     if state_dropout > 0 and state_dim == 0:

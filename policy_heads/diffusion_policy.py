@@ -185,8 +185,9 @@ class DiffusionPolicyMixin:
         return sample
 
     def drop_states(self, states: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """``config.state_dropout``: `(B, state_dim)` states with each row zeroed (the normalised mean state) with
-        that probability in training mode; all rows zeroed at 1.0, in any mode (the head never saw a state)."""
+        """``config.state_dropout``: `(B, state_dim)` states with each row zeroed (the mean state under the default
+        z-score normalisation) with that probability in training mode; all rows zeroed at 1.0, in any mode (the head
+        never saw a state)."""
         rate = float(getattr(self.config, "state_dropout", 0.0))
         if states is None or rate <= 0.0:
             return states

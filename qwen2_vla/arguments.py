@@ -34,6 +34,7 @@ from transformers.utils import is_torch_tf32_available
 from data_utils.image_utils import parse_image_size
 from data_utils.normalization import ACTION_NORMALIZATIONS, STATE_NORMALIZATIONS, STATS_SOURCES
 from policy_heads import POLICY_HEAD_CONFIGS, SCALEDP_PRESETS
+from policy_heads.configuration_common import check_state_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -214,8 +215,7 @@ class ActionHeadArguments:
         for name in ("state_dim", "action_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.state_dropout <= 1.0:
-            raise ValueError(f"state_dropout must be in [0, 1], got {self.state_dropout}")
+        check_state_dropout(self.state_dropout, self.state_dim)
 
 
 @dataclass

@@ -67,6 +67,7 @@ REWARD_STAGES = {1: "touched", 2: "lifted", 3: "transfer_attempted", 4: "transfe
 # visual tokens) instead of the tests' 112x112 cap.
 MODEL_WIDTHS = dict(hidden_size=64, intermediate_size=128, vision_embed_dim=64, vision_num_heads=4)
 MERGED_PATCH = 28
+LLM_HEAD_DIM = 16  # twice the tiny model's M-RoPE sections (2, 3, 3): other text widths change the head count
 
 
 def frame_pixel_budget(height: int, width: int) -> int:
@@ -142,6 +143,14 @@ class BenchmarkConfig:
             raise ValueError(f"exec_horizon={self.exec_horizon} must be in [1, chunk_size={self.chunk_size}]")
         if self.probe_episodes < 0:
             raise ValueError(f"probe_episodes={self.probe_episodes} must be >= 0")
+        if not 0.0 <= self.state_dropout <= 1.0:
+            raise ValueError(f"state_dropout={self.state_dropout} must be in [0, 1]")
+        widths = self.model_widths
+        if widths["hidden_size"] % LLM_HEAD_DIM or widths["vision_embed_dim"] % widths["vision_num_heads"]:
+            raise ValueError(
+                f"model widths {widths}: hidden_size must be a multiple of {LLM_HEAD_DIM} (the tiny LLM's head width, "
+                "fixed by its M-RoPE sections) and vision_embed_dim a multiple of vision_num_heads"
+            )
         if self.save_every <= 0 or self.steps <= 0:
             raise ValueError(f"steps={self.steps} and save_every={self.save_every} must be positive")
 
@@ -252,6 +261,9 @@ class SimBenchmark:
         if "eval" in stages:
             per = sum(SECONDS_PER["eval_episode"].get(s, 25.0) for s in c.strategies)
             est["eval"] = c.num_eval * per / self.workers
+        if "probe" in stages and c.probe_episodes:
+            # Recording the held-out demonstrations (once); the queries themselves take seconds.
+            est["probe"] = min(c.probe_episodes, c.num_eval) * SECONDS_PER["demo"] / self.workers
         return est
 
     # ---- stages --------------------------------------------------------------------------------------------
@@ -311,7 +323,10 @@ class SimBenchmark:
             return
         from scripts.make_tiny_qwen2_vl import build_tiny_qwen2_vl
 
-        build_tiny_qwen2_vl(self.model_dir, seed=0, max_pixels=self.config.model_max_pixels, **self.config.model_widths)
+        heads = self.config.model_widths["hidden_size"] // LLM_HEAD_DIM
+        build_tiny_qwen2_vl(self.model_dir, seed=0, max_pixels=self.config.model_max_pixels,
+                            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                            **self.config.model_widths)
 
     def train_args(self) -> list[str]:
         c = self.config
@@ -404,13 +419,18 @@ class SimBenchmark:
     def probe(self, checkpoints: Sequence[Path]) -> None:
         """The first-chunk probe (``scripts/sim_localization_probe.py``) of each checkpoint on
         ``probe_episodes`` held-out demonstrations recorded at the first evaluation seeds."""
-        count = min(self.config.probe_episodes, self.config.num_eval)
+        c = self.config
+        count = min(c.probe_episodes, c.num_eval)
         if not count:
             return
         # Evaluation seeds: asserted disjoint from the training demonstrations' (``eval_seeds``).
-        self._record_shards(self.probe_demo_dir, count, self.eval_seeds()[0], keep_failed=False)
+        self._record_shards(self.probe_demo_dir, count, self.eval_seeds()[0], keep_failed=c.keep_failed_demos)
         held_out = sorted(self.probe_demo_dir.glob("shard_*/episode_*.hdf5"))
         training = sorted(self.demo_dir.glob("shard_*/episode_*.hdf5"))
+        if len(held_out) < 2 or not training:
+            print(f"  probe skipped: {len(held_out)} held-out and {len(training)} training demonstrations were "
+                  "written (it needs two held-out ones, to swap their frames, and the training ones)", flush=True)
+            return
         for checkpoint in checkpoints:
             result = self.probe_path(checkpoint)
             if result.exists():

@@ -44,49 +44,64 @@ def recorded_actions(path: Path, start: int, length: int) -> np.ndarray:
 
 
 def observation(path: Path, step: int, camera_names: Sequence[str]) -> dict:
+    """The policy's observation at ``step`` of a recorded episode: ``images`` ``{camera: (H, W, 3) uint8}`` (JPEG
+    frames decoded), ``state`` ``(state_dim,)`` and the episode's instruction as ``prompt``."""
     import h5py
 
+    from data_utils.hdf5_io import read_frame, read_language
+
     with h5py.File(path, "r") as f:
-        prompt = np.asarray(f["language_raw"][()]).reshape(-1)[0]
+        length = int(f["action"].shape[0])
+        if not 0 <= step < length:
+            raise ValueError(f"{path}: step {step} is outside the episode's {length} steps")
         return {
-            "images": {cam: np.asarray(f[f"observations/images/{cam}"][step]) for cam in camera_names},
+            "images": {cam: np.asarray(read_frame(f, cam, step)) for cam in camera_names},
             "state": np.asarray(f["observations/qpos"][step], dtype=np.float32),
-            "prompt": prompt.decode() if isinstance(prompt, bytes) else str(prompt),
+            "prompt": read_language(f),
         }
 
 
 def probe(
     ckpt: Path, episodes: Sequence[Path], train_episodes: Sequence[Path], steps: Sequence[int], seed: int = 0
 ) -> dict:
+    """Query ``ckpt`` at each of ``steps`` of each held-out episode; per step, the mean squared errors of its chunk
+    ``(chunk, action_dim)`` and of the blind guess against the recorded actions (all joints, and the right arm's),
+    their ratios, and ``image_effect`` (None with one episode: there is no other episode's frames to swap in)."""
     from evaluate.policy import DexVLAPolicy
 
     policy = DexVLAPolicy(ckpt, max_new_tokens=0, seed=seed)
+    chunk = policy.chunk_size
     rows = []
     for step in steps:
-        errors = {"policy_all": [], "blind_all": [], "policy_right": [], "blind_right": [], "image_effect": []}
-        chunk = None
+        errors: dict[str, list[float]] = {"policy_all": [], "blind_all": [], "policy_right": [], "blind_right": []}
+        effects = []
+        blind = np.mean([recorded_actions(p, step, chunk) for p in train_episodes], axis=0)
         observations = [observation(path, step, policy.camera_names) for path in episodes]
         for k, (path, obs) in enumerate(zip(episodes, observations, strict=True)):
             predicted = np.asarray(policy.infer(obs)["actions"], np.float64)
-            # The same query with the next episode's frames (the cube elsewhere) and this one's state and noise:
-            # how much the chunk follows the cameras at all.
-            swapped = dict(obs, images=observations[(k + 1) % len(observations)]["images"])
-            moved = np.asarray(policy.infer(swapped)["actions"], np.float64)
-            errors["image_effect"].append(float(np.mean((moved - predicted) ** 2)))
-            chunk = len(predicted)
             truth = recorded_actions(path, step, chunk)
-            blind = np.mean([recorded_actions(p, step, chunk) for p in train_episodes], axis=0)
             for name, guess in (("policy", predicted), ("blind", blind)):
                 errors[f"{name}_all"].append(float(np.mean((guess - truth) ** 2)))
                 errors[f"{name}_right"].append(float(np.mean((guess[:, RIGHT_ARM] - truth[:, RIGHT_ARM]) ** 2)))
+            if len(episodes) > 1:
+                # The same query with the next episode's frames (the cube elsewhere), this one's state and noise:
+                # how much the chunk follows the cameras at all.
+                swapped = dict(obs, images=observations[(k + 1) % len(observations)]["images"])
+                moved = np.asarray(policy.infer(swapped)["actions"], np.float64)
+                effects.append(float(np.mean((moved - predicted) ** 2)))
         means = {k: float(np.mean(v)) for k, v in errors.items()}
         rows.append({
             "step": step, "chunk": chunk, "episodes": len(episodes), **means,
             "ratio_all": means["policy_all"] / max(means["blind_all"], 1e-12),
             "ratio_right": means["policy_right"] / max(means["blind_right"], 1e-12),
+            "image_effect": float(np.mean(effects)) if effects else None,
         })
     return {"ckpt": str(ckpt), "episodes": [str(p) for p in episodes], "train_episodes": len(train_episodes),
             "rows": rows}
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def table(result: dict) -> str:
@@ -95,7 +110,7 @@ def table(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['step']} | {r['policy_all']:.4f} | {r['blind_all']:.4f} | {r['ratio_all']:.2f} | "
                      f"{r['policy_right']:.4f} | {r['blind_right']:.4f} | {r['ratio_right']:.2f} | "
-                     f"{r['image_effect']:.4f} |")
+                     f"{_cell(r['image_effect'])} |")
     return "\n".join(lines)
 
 

@@ -266,7 +266,7 @@ def test_probe_records_held_out_demos_and_reports_the_ratio(tmp_path: Path, monk
     assert Path(record[0][record[0].index("--out") + 1]).parent == bench.probe_demo_dir != bench.demo_dir
     # Pretend they were recorded, then the probe runs on held-out and training files.
     launched.clear()
-    for directory, name in ((bench.probe_demo_dir, "held"), (bench.demo_dir, "train")):
+    for directory, name in ((bench.probe_demo_dir, "held0"), (bench.probe_demo_dir, "held1"), (bench.demo_dir, "train")):
         shard = directory / "shard_0"
         shard.mkdir(parents=True, exist_ok=True)
         (shard / f"episode_{name}.hdf5").write_bytes(b"")
@@ -277,11 +277,15 @@ def test_probe_records_held_out_demos_and_reports_the_ratio(tmp_path: Path, monk
         (shard / "record_summary.json").write_text(json.dumps(
             {"num_episodes": count, "camera_names": ["top"], "image_size": [120, 160], "num_written": count,
              "episodes": episodes}))
+    (bench.probe_demo_dir / "shard_0" / "episode_held1.hdf5").rename(tmp_path / "aside.hdf5")
+    bench.probe([bench.final_checkpoint()])
+    assert launched == []  # one held-out demonstration (the others failed): skipped, with a reason
+    (tmp_path / "aside.hdf5").rename(bench.probe_demo_dir / "shard_0" / "episode_held1.hdf5")
     bench.probe([bench.final_checkpoint()])
     assert len(launched) == 1
     argv = launched[0][0]
     held = argv[argv.index("--episodes") + 1: argv.index("--train_episodes")]
-    assert held == [str(bench.probe_demo_dir / "shard_0" / "episode_held.hdf5")]
+    assert held == [str(bench.probe_demo_dir / "shard_0" / f"episode_held{i}.hdf5") for i in (0, 1)]
     assert argv[argv.index("--train_episodes") + 1].endswith("episode_train.hdf5")
     row = {"step": 0, "episodes": 1, "policy_all": 0.02, "blind_all": 0.01, "ratio_all": 2.0, "ratio_right": 1.5,
            "image_effect": 0.0}
@@ -294,3 +298,18 @@ def test_probe_records_held_out_demos_and_reports_the_ratio(tmp_path: Path, monk
     summary = bench.report([bench.final_checkpoint()])
     assert summary["probe"] == {"checkpoint-10": [row]}
     assert "| checkpoint-10 | 0 | 1 | 0.0200 | 0.0100 | 2.00 | 1.50 | 0.0000 |" in (bench.out / "summary.md").read_text()
+
+
+def test_width_ablation_builds_a_model_of_that_width(tmp_path: Path) -> None:
+    from scripts.sim_benchmark import MODEL_WIDTHS
+
+    with pytest.raises(ValueError, match="hidden_size must be a multiple of 16"):
+        BenchmarkConfig(model_widths=dict(MODEL_WIDTHS, hidden_size=72))
+    with pytest.raises(ValueError, match=r"state_dropout=1.5 must be in \[0, 1\]"):
+        BenchmarkConfig(state_dropout=1.5)
+    config = BenchmarkConfig(model_widths=dict(MODEL_WIDTHS, hidden_size=32, intermediate_size=64))
+    bench = SimBenchmark(config, tmp_path / "out", 1, tmp_path / "art")
+    bench.build_model()
+    saved = json.loads((bench.model_dir / "config.json").read_text())
+    text = saved.get("text_config", saved)
+    assert text["hidden_size"] == 32 and text["num_attention_heads"] == 2

@@ -28,6 +28,7 @@ def test_probe_compares_with_the_blind_guess_and_measures_the_cameras(
     # The blind guess is the training episodes' mean: exact when the only training episode is the held-out one.
     own = probe(tiny_vla_ckpt, held_out[:1], held_out[:1], steps=[0])["rows"][0]
     assert own["blind_all"] == 0.0
+    assert own["image_effect"] is None  # one episode: no other frames to swap in (not a misleading 0)
     chunk = recorded_actions(held_out[0], 28, 8)  # past the 30-step end: the last action repeats
     assert chunk.shape[0] == 8 and np.array_equal(chunk[2:], np.repeat(chunk[1:2], 6, axis=0))
 

@@ -36,8 +36,19 @@ def test_full_dropout_makes_the_head_blind_to_the_state(kind: str) -> None:
 
 def test_zero_dropout_is_the_reference_path_and_partial_dropout_only_trains() -> None:
     batch = inputs(8)
-    reference, unset = _head("scaledp").train(), _head("scaledp", state_dropout=0.0).train()
-    assert reference(**batch, generator=gen()).loss == unset(**batch, generator=gen()).loss
+    head = _head("scaledp").train()
+    used = gen()
+    head(**batch, generator=used)
+    # Without dropout the loss draws exactly the noise and the timesteps, as before the option existed.
+    expected = gen()
+    torch.randn((8, HORIZON, ACT), generator=expected)
+    torch.randint(0, head.config.num_train_timesteps, (8,), generator=expected)
+    assert torch.equal(used.get_state(), expected.get_state())
+    # With partial dropout the extra draw comes after them: the noise and timesteps are unchanged.
+    dropping = _head("scaledp", state_dropout=0.5).train()
+    dropping_gen = gen()
+    dropping(**batch, generator=dropping_gen)
+    assert not torch.equal(dropping_gen.get_state(), expected.get_state())
     half = _head("scaledp", state_dropout=0.5).train()
     states = batch["states"]
     dropped = half.drop_states(states, gen(1))
@@ -57,8 +68,9 @@ def test_config_checks_and_round_trip(tmp_path: Path) -> None:
         scaledp_config(state_dropout=1.5)
     with pytest.raises(ValueError, match="state_dropout=0.5 with state_dim=0"):
         unet_config(state_dropout=0.5, state_dim=0)
-    scaledp_config().save_pretrained(tmp_path / "plain")
-    assert "state_dropout" not in json.loads((tmp_path / "plain" / "config.json").read_text())  # as before
+    for name, config in (("plain", scaledp_config()), ("unet", unet_config())):
+        config.save_pretrained(tmp_path / name)
+        assert "state_dropout" not in json.loads((tmp_path / name / "config.json").read_text())  # as before
     scaledp_config(state_dropout=1.0).save_pretrained(tmp_path / "blind")
     loaded = ScaleDPPolicyConfig.from_pretrained(tmp_path / "blind")
     assert loaded.state_dropout == 1.0 and loaded.state_dim == STATE

@@ -227,6 +227,8 @@ def test_parse_param_stock_model_and_checkpoint(tiny_model_dir: Path, tmp_path: 
     assert again.policy_head_config.to_dict() == head.to_dict()
     with pytest.raises(ValueError, match="chunk_size"):
         train_vla.parse_param(tiny_argv(checkpoint, tmp_path / "c", chunk_size=16))
+    with pytest.raises(ValueError, match=r"--state_dropout 1.0 \(checkpoint: 0.0\)"):
+        train_vla.parse_param(tiny_argv(checkpoint, tmp_path / "s", load_pretrain=True, state_dropout=1.0))
     with pytest.raises(ValueError, match="load_pretrain"):
         train_vla.parse_param(tiny_argv(tiny_model_dir, tmp_path / "d", load_pretrain=True))
     with pytest.raises(ValueError, match="load_pretrain_dit=True would overwrite the trained policy head"):
