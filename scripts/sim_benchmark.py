@@ -104,6 +104,8 @@ class BenchmarkConfig:
     # Keep the tiny ViT at its random initialisation: trained from scratch here, its output collapses to a
     # constant within a few hundred steps (the first-chunk probe and README show it), so the head goes blind.
     freeze_vision_tower: bool = False
+    # The language-model loss on the (constant) answer: without reasoning it only teaches the VLM to ignore its input.
+    llm_loss_weight: float = 1.0
     # Held-out demonstrations for the first-chunk probe, at the first evaluation seeds (at most num_eval of them).
     probe_episodes: int = 10
     strategies: list[str] = field(default_factory=lambda: ["chunk", "temporal_agg"])
@@ -337,7 +339,8 @@ class SimBenchmark:
             "--use_cpu", "True", "--use_reasoning", "False", "--state_dim", "14", "--action_dim", "14",
             "--chunk_size", str(c.chunk_size), "--policy_head_type", "scale_dp_policy",
             "--policy_head_size", c.head_size, "--state_dropout", str(c.state_dropout),
-            "--freeze_vision_tower", str(c.freeze_vision_tower), "--image_size_stable", size, "--image_size_wrist", size,
+            "--freeze_vision_tower", str(c.freeze_vision_tower), "--llm_loss_weight", str(c.llm_loss_weight),
+            "--image_size_stable", size, "--image_size_wrist", size,
             "--per_device_train_batch_size", str(c.batch_size), "--gradient_accumulation_steps", "1",
             "--learning_rate", str(c.learning_rate), "--weight_decay", "0.0", "--lr_scheduler_type", c.lr_scheduler,
             "--warmup_ratio", "0.02", "--max_steps", str(c.steps), "--save_strategy", "steps",

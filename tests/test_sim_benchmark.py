@@ -72,6 +72,7 @@ def test_train_args_parse_with_train_vla_parser(tmp_path: Path) -> None:
     assert training_args.max_steps == 8000 and training_args.save_steps == 2000
     assert head_args.policy_head_size == "ScaleDP_tiny"
     assert not training_args.freeze_vision_tower and head_args.state_dropout == 0.0  # the published run's
+    assert training_args.llm_loss_weight == 1.0
     ablation = SimBenchmark(BenchmarkConfig(freeze_vision_tower=True, state_dropout=1.0), tmp_path / "o2", 1, tmp_path)
     _, _, training_args, head_args = parser.parse_args_into_dataclasses(args=ablation.train_args())
     assert training_args.freeze_vision_tower and head_args.state_dropout == 1.0
