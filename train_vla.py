@@ -11,6 +11,7 @@ Runs as ``python train_vla.py ...``, under ``torchrun`` and under the ``deepspee
 
 from __future__ import annotations
 
+import atexit
 import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -18,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +88,7 @@ def _check_checkpoint_head(config: VLAConfigMixin, data_args: DataArguments, hea
         "chunk_size": (head.prediction_horizon, data_args.chunk_size),
         # The head learnt with (or without) the state; training it on with another rate changes what it reads.
         "state_dropout": (float(getattr(head, "state_dropout", 0.0)), float(head_args.state_dropout)),
+        "condition_norm": (bool(getattr(head, "condition_norm", False)), head_args.condition_norm),
     }
     if getattr(head, "state_mask_input", False) != multi:
         expected["several embodiments (state mask input)"] = (getattr(head, "state_mask_input", False), multi)
@@ -143,6 +146,7 @@ def build_model_config(
         # Only a model over several embodiments: a single-embodiment head keeps its parameter shapes.
         **({"state_mask_input": True} if multi else {}),
         **({"state_dropout": head_args.state_dropout} if head_args.state_dropout else {}),
+        **({"condition_norm": True} if head_args.condition_norm else {}),
     )
     return vla_config_from_vlm(
         base,
@@ -169,6 +173,25 @@ def use_single_process_rendezvous() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+# Where Linux keeps the names ``shm_open`` creates (DeepSpeed's C++ backend uses shm_open).
+POSIX_SHM_DIR = Path("/dev/shm")
+
+
+def release_cpu_allreduce_buffer() -> None:
+    """Remove this process's DeepSpeed CPU all-reduce buffer from ``/dev/shm`` (registered to run at exit).
+
+    DeepSpeed's CPU communication creates one shared-memory file per rank (about 69 MB,
+    ``deepspeed_allreduce_buffer_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{RANK}``) and never unlinks it, so every CPU
+    run under DeepSpeed left them in RAM-backed ``/dev/shm`` until the machine ran out of memory. Unlinking at
+    exit is safe: the other ranks keep their mappings.
+    """
+    env = os.environ
+    if not all(k in env for k in ("MASTER_ADDR", "MASTER_PORT", "RANK")):
+        return
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_{env['MASTER_PORT']}_{env['RANK']}"
+    (POSIX_SHM_DIR / name).unlink(missing_ok=True)
 
 
 def parse_param(
@@ -496,6 +519,8 @@ def run(
 ) -> QWen2VLATrainer:
     """Parse ``argv`` and train; what ``python train_vla.py ...`` does."""
     all_config, model_config = parse_config(argv)
+    if all_config["training_args"].deepspeed:
+        atexit.register(release_cpu_allreduce_buffer)
     return main(all_config, model_config, callbacks=callbacks)
 
 

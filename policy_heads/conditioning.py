@@ -76,4 +76,16 @@ class StateConditionMixer(nn.Sequential):
         return super().forward(concat_state(cond, states, self.state_dim, state_mask, self.state_mask_input))
 
 
-__all__ = ["StateConditionMixer", "concat_state", "pool_condition"]
+class ConditionNorm(nn.BatchNorm1d):
+    """Per-feature standardisation of the pooled condition `(B, C)`: batch statistics in training (running ones
+    for a one-sample batch, whose variance is undefined), running statistics at inference."""
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        if self.training and cond.shape[0] < 2:
+            return nn.functional.batch_norm(
+                cond, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(cond)
+
+
+__all__ = ["ConditionNorm", "StateConditionMixer", "concat_state", "pool_condition"]

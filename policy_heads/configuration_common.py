@@ -2,7 +2,7 @@
 
 # Written to config.json only when set (not their default), so a config without them is saved exactly as it was
 # before they existed, and older checkpoints read back unchanged.
-OPTIONAL_FIELDS: dict[str, object] = {"state_mask_input": False, "state_dropout": 0.0}
+OPTIONAL_FIELDS: dict[str, object] = {"state_mask_input": False, "state_dropout": 0.0, "condition_norm": False}
 
 
 def drop_unset_optional_fields(config_dict: dict) -> dict:

@@ -50,6 +50,10 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
         state_dropout (`float`, defaults to 0.0): probability that a training sample's state is replaced by zeros
             before it reaches the head, so the head must read the observation (the cameras) instead of
             extrapolating the state; 1.0 hides the state always, at inference too. 0 (the reference): always seen.
+        condition_norm (`bool`, defaults to False): standardise the pooled condition per feature (batch
+            normalisation: batch statistics in training, running ones at inference) before it is mixed with the
+            state. The reference feeds it raw: when the VLM's hidden states share a large constant part, the
+            observation-dependent rest is too small for the head to pick up.
     """
 
     model_type: ClassVar[str] = "scale_dp_policy"
@@ -79,6 +83,7 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
     noise_samples: int = 1
     state_mask_input: bool = False
     state_dropout: int | float = 0.0
+    condition_norm: bool = False
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)  # applies the aliases in `attribute_map` first

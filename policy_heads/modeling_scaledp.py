@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .conditioning import StateConditionMixer, pool_condition
+from .conditioning import ConditionNorm, StateConditionMixer, pool_condition
 from .configuration_scaledp import ScaleDPPolicyConfig
 from .diffusion_policy import DiffusionPolicyMixin, expand_timesteps
 from .scheduling import build_ddim_scheduler
@@ -139,6 +139,7 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
         self.combine = StateConditionMixer(
             config.cond_dim, config.state_dim, config.combine_hidden_dim, config.state_mask_input
         )
+        self.condition_norm = ConditionNorm(config.cond_dim) if config.condition_norm else None
         self.x_embedder = nn.Linear(config.action_dim, config.n_emb)
         self.t_embedder = TimestepEmbedder(config.n_emb)
         self.cond_obs_emb = nn.Linear(config.cond_dim, config.n_emb)
@@ -168,6 +169,12 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
             init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, ConditionNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, ScaleDP):
             init.normal_(module.pos_embed, std=0.02)
 
@@ -193,9 +200,10 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
         """
         dtype = self.x_embedder.weight.dtype
         x = x.to(dtype)
-        cond = self.combine(
-            pool_condition(global_cond).to(dtype), None if states is None else states.to(dtype), state_mask
-        )
+        pooled = pool_condition(global_cond).to(dtype)
+        if self.condition_norm is not None:
+            pooled = self.condition_norm(pooled)
+        cond = self.combine(pooled, None if states is None else states.to(dtype), state_mask)
         t = expand_timesteps(t, x.shape[0], x.device)
         # Timestep embedding added to the embedded observation: one adaLN condition vector per sample.
         c = self.t_embedder(t) + self.cond_obs_emb(cond)

@@ -199,6 +199,14 @@ class ActionHeadArguments:
         },
     )
 
+    condition_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "ScaleDP: standardise the pooled VLM condition per feature (batch norm) before the head reads it. "
+            "False (the reference): raw."
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.policy_head_type not in POLICY_HEAD_CONFIGS:
             raise ValueError(f"policy_head_type={self.policy_head_type!r} is not one of {sorted(POLICY_HEAD_CONFIGS)}")
@@ -216,6 +224,10 @@ class ActionHeadArguments:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         check_state_dropout(self.state_dropout, self.state_dim)
+        if self.condition_norm and self.policy_head_type != SCALE_DP_POLICY:
+            raise ValueError(
+                f"condition_norm=True is a ScaleDP option but policy_head_type={self.policy_head_type!r}"
+            )
 
 
 @dataclass

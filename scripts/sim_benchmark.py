@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Closed-loop simulation benchmark: scripted demonstrations -> stage-2 training on CPU -> success rate in sim.
 
-    bash scripts/sim_benchmark.sh                    # the benchmark (about 2 h on 2 CPU cores)
+    bash scripts/sim_benchmark.sh                    # the benchmark (about 1 h 10 min on 2 CPU cores)
     bash scripts/sim_benchmark.sh --smoke            # the same path at toy sizes (about a minute)
     python scripts/sim_benchmark.py --stages eval report --checkpoints 5000   # re-run parts
 
@@ -50,6 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from aloha_scripts.constants import ARTIFACTS_DIR  # noqa: E402
+from scripts.sim_localization_probe import format_effect  # noqa: E402
 
 TASK_NAME = "sim_transfer_cube_benchmark"
 # The camera-count ablation adds the grasping (right) arm's wrist camera: a TASK_CONFIGS entry of its own.
@@ -104,6 +105,7 @@ class BenchmarkConfig:
     # Keep the tiny ViT at its random initialisation: trained from scratch here, its output collapses to a
     # constant within a few hundred steps (the first-chunk probe and README show it), so the head goes blind.
     freeze_vision_tower: bool = False
+    condition_norm: bool = False  # the head's --condition_norm
     # The language-model loss on the (constant) answer: without reasoning it only teaches the VLM to ignore its input.
     llm_loss_weight: float = 1.0
     # Held-out demonstrations for the first-chunk probe, at the first evaluation seeds (at most num_eval of them).
@@ -339,6 +341,7 @@ class SimBenchmark:
             "--use_cpu", "True", "--use_reasoning", "False", "--state_dim", "14", "--action_dim", "14",
             "--chunk_size", str(c.chunk_size), "--policy_head_type", "scale_dp_policy",
             "--policy_head_size", c.head_size, "--state_dropout", str(c.state_dropout),
+            "--condition_norm", str(c.condition_norm),
             "--freeze_vision_tower", str(c.freeze_vision_tower), "--llm_loss_weight", str(c.llm_loss_weight),
             "--image_size_stable", size, "--image_size_wrist", size,
             "--per_device_train_batch_size", str(c.batch_size), "--gradient_accumulation_steps", "1",
@@ -555,7 +558,7 @@ def markdown(summary: dict[str, Any]) -> str:
         ]
         for name, probe_rows in summary["probe"].items():
             lines += [f"| {name} | {r['step']} | {r['episodes']} | {r['policy_all']:.4f} | {r['blind_all']:.4f} | "
-                      f"{r['ratio_all']:.2f} | {r['ratio_right']:.2f} | {r.get('image_effect', float('nan')):.4f} |"
+                      f"{r['ratio_all']:.2f} | {r['ratio_right']:.2f} | {format_effect(r.get('image_effect'))} |"
                       for r in probe_rows]
     curve = summary["training_curve"]
     if curve:

@@ -100,8 +100,8 @@ def probe(
             "rows": rows}
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def format_effect(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"  # a blind policy's effect is 1e-6 or less, not a round 0
 
 
 def table(result: dict) -> str:
@@ -110,7 +110,7 @@ def table(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['step']} | {r['policy_all']:.4f} | {r['blind_all']:.4f} | {r['ratio_all']:.2f} | "
                      f"{r['policy_right']:.4f} | {r['blind_right']:.4f} | {r['ratio_right']:.2f} | "
-                     f"{_cell(r['image_effect'])} |")
+                     f"{format_effect(r['image_effect'])} |")
     return "\n".join(lines)
 
 

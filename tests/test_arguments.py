@@ -193,6 +193,12 @@ def _state_dropout(run: Run) -> None:
     assert run.parse()[1].policy_head_config.state_dropout == 0.0
 
 
+@effect("condition_norm")
+def _condition_norm(run: Run) -> None:
+    assert run.parse(condition_norm=True)[1].policy_head_config.condition_norm
+    assert not run.parse()[1].policy_head_config.condition_norm
+
+
 @effect("model_name_or_path")
 def _model_name_or_path(run: Run) -> None:
     base = transformers.AutoConfig.from_pretrained(run.model_dir)

@@ -298,7 +298,7 @@ def test_probe_records_held_out_demos_and_reports_the_ratio(tmp_path: Path, monk
     assert launched == []  # done once
     summary = bench.report([bench.final_checkpoint()])
     assert summary["probe"] == {"checkpoint-10": [row]}
-    assert "| checkpoint-10 | 0 | 1 | 0.0200 | 0.0100 | 2.00 | 1.50 | 0.0000 |" in (bench.out / "summary.md").read_text()
+    assert "| checkpoint-10 | 0 | 1 | 0.0200 | 0.0100 | 2.00 | 1.50 | 0.0e+00 |" in (bench.out / "summary.md").read_text()
 
 
 def test_width_ablation_builds_a_model_of_that_width(tmp_path: Path) -> None:
