@@ -93,8 +93,8 @@ class UnetDiffusionPolicyConfig(PreTrainedConfig):
             )
 
     def to_dict(self) -> dict:
-        """As saved in ``config.json``; ``state_mask_input`` and ``state_dropout`` only when set, so a config that
-        does not use them keeps exactly the fields it had before they existed."""
+        """As saved in ``config.json``; the optional fields (``configuration_common.OPTIONAL_FIELDS``) only when set,
+        so a config that does not use them keeps exactly the fields it had before they existed."""
         return drop_unset_optional_fields(super().to_dict())
 
     def validate_architecture(self) -> None:
