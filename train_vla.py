@@ -89,6 +89,8 @@ def _check_checkpoint_head(config: VLAConfigMixin, data_args: DataArguments, hea
         # The head learnt with (or without) the state; training it on with another rate changes what it reads.
         "state_dropout": (float(getattr(head, "state_dropout", 0.0)), float(head_args.state_dropout)),
         "condition_norm": (bool(getattr(head, "condition_norm", False)), head_args.condition_norm),
+        "cross_attention": (bool(getattr(head, "cross_attention", False)), head_args.cross_attention),
+        "prediction_type": (getattr(head, "prediction_type", "epsilon"), head_args.prediction_type),
     }
     if getattr(head, "state_mask_input", False) != multi:
         expected["several embodiments (state mask input)"] = (getattr(head, "state_mask_input", False), multi)
@@ -147,6 +149,12 @@ def build_model_config(
         **({"state_mask_input": True} if multi else {}),
         **({"state_dropout": head_args.state_dropout} if head_args.state_dropout else {}),
         **({"condition_norm": True} if head_args.condition_norm else {}),
+        **({"prediction_type": head_args.prediction_type} if head_args.prediction_type != "epsilon" else {}),
+        # Positions for every token a sample can have: the processor's length limit bounds it.
+        **(
+            {"cross_attention": True, "max_condition_tokens": training_args.model_max_length}
+            if head_args.cross_attention else {}
+        ),
     )
     return vla_config_from_vlm(
         base,

@@ -2,7 +2,14 @@
 
 # Written to config.json only when set (not their default), so a config without them is saved exactly as it was
 # before they existed, and older checkpoints read back unchanged.
-OPTIONAL_FIELDS: dict[str, object] = {"state_mask_input": False, "state_dropout": 0.0, "condition_norm": False}
+OPTIONAL_FIELDS: dict[str, object] = {
+    "state_mask_input": False,
+    "state_dropout": 0.0,
+    "condition_norm": False,
+    "cross_attention": False,
+    "max_condition_tokens": 1024,
+    "prediction_type": "epsilon",
+}
 
 
 def drop_unset_optional_fields(config_dict: dict) -> dict:
@@ -13,6 +20,13 @@ def drop_unset_optional_fields(config_dict: dict) -> dict:
     return config_dict
 
 
+def check_prediction_type(prediction_type: str) -> None:
+    from .scheduling import PREDICTION_TYPES
+
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type={prediction_type!r} is not one of {PREDICTION_TYPES}")
+
+
 def check_state_dropout(state_dropout: float, state_dim: int) -> None:
     """Reject a rate outside [0, 1], or a rate for a head that has no state (``state_dim`` 0)."""
     if not 0.0 <= state_dropout <= 1.0:
@@ -21,4 +35,4 @@ def check_state_dropout(state_dropout: float, state_dim: int) -> None:
         raise ValueError(f"state_dropout={state_dropout} with state_dim=0: there is no state to drop")
 
 
-__all__ = ["OPTIONAL_FIELDS", "check_state_dropout", "drop_unset_optional_fields"]
+__all__ = ["OPTIONAL_FIELDS", "check_prediction_type", "check_state_dropout", "drop_unset_optional_fields"]

@@ -6,7 +6,7 @@ from typing import ClassVar
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_common import check_state_dropout, drop_unset_optional_fields
+from .configuration_common import check_prediction_type, check_state_dropout, drop_unset_optional_fields
 
 # name -> (depth, n_emb, num_heads). The sizes of the ScaleDP paper; "ScaleDP_tiny" is for tests and demos.
 SCALEDP_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -47,6 +47,9 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
         state_mask_input (`bool`, defaults to False): the state projection also sees the per-dimension state mask
             (a model over several embodiments, their states zero-padded to `state_dim`); its input widens by
             `state_dim`.
+        prediction_type (`str`, defaults to `"epsilon"`): what the network predicts: `"epsilon"` the noise (the
+            reference), `"sample"` the clean action chunk. With "epsilon" the low-noise levels are solved from the noisy
+            chunk itself, so little of the loss rewards reading the condition; "sample" makes every level depend on it.
         state_dropout (`float`, defaults to 0.0): probability that a training sample's state is replaced by zeros
             before it reaches the head, so the head must read the observation (the cameras) instead of
             extrapolating the state; 1.0 hides the state always, at inference too. 0 (the reference): always seen.
@@ -54,6 +57,11 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
             normalisation: batch statistics in training, running ones at inference) before it is mixed with the
             state. The reference feeds it raw: when the VLM's hidden states share a large constant part, the
             observation-dependent rest is too small for the head to pick up.
+        cross_attention (`bool`, defaults to False): every block also attends to the VLM's token states (all attended
+            prompt and answer tokens, each with a learnt position), not only to the pooled condition through adaLN.
+            The reference pools: a small object's place in the image, carried by a few image tokens, averages away.
+        max_condition_tokens (`int`, defaults to 1024): the most condition tokens a sample may have (the learnt
+            positions); read with `cross_attention` only.
     """
 
     model_type: ClassVar[str] = "scale_dp_policy"
@@ -83,7 +91,10 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
     noise_samples: int = 1
     state_mask_input: bool = False
     state_dropout: int | float = 0.0
+    prediction_type: str = "epsilon"
     condition_norm: bool = False
+    cross_attention: bool = False
+    max_condition_tokens: int = 1024
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)  # applies the aliases in `attribute_map` first
@@ -108,12 +119,14 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
     def _check_combinations(self) -> None:
         positive = ("action_dim", "prediction_horizon", "n_obs_steps", "depth", "n_emb", "num_heads")
         positive += ("combine_hidden_dim", "num_train_timesteps", "num_inference_timesteps", "noise_samples")
+        positive += ("max_condition_tokens",)
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.state_dim < 0:
             raise ValueError(f"state_dim must be >= 0, got {self.state_dim}")
         check_state_dropout(self.state_dropout, self.state_dim)
+        check_prediction_type(self.prediction_type)
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.n_emb % self.num_heads != 0:
@@ -129,6 +142,11 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
             raise ValueError(
                 f"obs_as_cond={self.obs_as_cond} requires time_as_cond=True (got time_as_cond={self.time_as_cond}): "
                 "the timestep and observation share the adaLN condition"
+            )
+        if not self.cross_attention and self.max_condition_tokens != 1024:
+            raise ValueError(
+                f"max_condition_tokens={self.max_condition_tokens} with cross_attention=False: the positions belong to "
+                "the cross-attention; set cross_attention=True or leave max_condition_tokens at its default"
             )
         if self.num_inference_timesteps > self.num_train_timesteps:
             raise ValueError(

@@ -7,7 +7,7 @@ from typing import ClassVar
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_common import check_state_dropout, drop_unset_optional_fields
+from .configuration_common import check_prediction_type, check_state_dropout, drop_unset_optional_fields
 
 
 @strict
@@ -31,6 +31,9 @@ class UnetDiffusionPolicyConfig(PreTrainedConfig):
         state_mask_input (`bool`, defaults to False): the state projection also sees the per-dimension state mask
             (a model over several embodiments, their states zero-padded to `state_dim`); its input widens by
             `state_dim`.
+        prediction_type (`str`, defaults to `"epsilon"`): what the network predicts: `"epsilon"` the noise (the
+            reference), `"sample"` the clean action chunk. With "epsilon" the low-noise levels are solved from the noisy
+            chunk itself, so little of the loss rewards reading the condition; "sample" makes every level depend on it.
         state_dropout (`float`, defaults to 0.0): probability that a training sample's state is replaced by zeros
             before it reaches the head, so the head must read the observation (the cameras) instead of
             extrapolating the state; 1.0 hides the state always, at inference too. 0 (the reference): always seen.
@@ -59,6 +62,7 @@ class UnetDiffusionPolicyConfig(PreTrainedConfig):
     noise_samples: int = 1
     state_mask_input: bool = False
     state_dropout: int | float = 0.0
+    prediction_type: str = "epsilon"
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)  # applies the aliases in `attribute_map` first
@@ -74,6 +78,7 @@ class UnetDiffusionPolicyConfig(PreTrainedConfig):
         if self.state_dim < 0:
             raise ValueError(f"state_dim must be >= 0, got {self.state_dim}")
         check_state_dropout(self.state_dropout, self.state_dim)
+        check_prediction_type(self.prediction_type)
         if not self.down_dims or any(d < 1 for d in self.down_dims):
             raise ValueError(f"down_dims must be a non-empty list of positive ints, got {self.down_dims}")
         bad = [d for d in self.down_dims if d % self.n_groups != 0]

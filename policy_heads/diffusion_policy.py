@@ -61,6 +61,8 @@ class DiffusionPolicyMixin:
         noise: torch.Tensor | None = None,
         action_mask: torch.Tensor | None = None,
         state_mask: torch.Tensor | None = None,
+        condition_tokens: torch.Tensor | None = None,
+        condition_token_mask: torch.Tensor | None = None,
     ) -> DiffusionPolicyOutput:
         """Training loss when `actions` are given, otherwise sampled action chunks.
 
@@ -78,6 +80,8 @@ class DiffusionPolicyMixin:
                 loss and zero in sampled chunks. None: all dimensions real (one embodiment; unchanged path).
             state_mask: `(B, state_dim)` bool, the real state dimensions; seen by the state projection of a head
                 built with `state_mask_input`.
+            condition_tokens: `(B, L, cond_dim)` token states for a head that attends to them (ScaleDP's
+                `cross_attention`); condition_token_mask: `(B, L)` True on the tokens to attend to.
 
         Returns:
             `DiffusionPolicyOutput` with `loss` (training) or `actions` `(B, prediction_horizon, action_dim)`
@@ -85,15 +89,20 @@ class DiffusionPolicyMixin:
         """
         if hidden_states is None:
             raise ValueError("hidden_states (the condition) is required")
+        # Only when given: a head (or a benchmark's stand-in `sample`) without token inputs is called as before.
+        tokens = {
+            k: v for k, v in (("condition_tokens", condition_tokens), ("condition_token_mask", condition_token_mask))
+            if v is not None
+        }
         if actions is not None:
             loss = self.compute_loss(
                 actions, hidden_states, states, is_pad, generator=generator, action_mask=action_mask,
-                state_mask=state_mask,
+                state_mask=state_mask, **tokens,
             )
             return DiffusionPolicyOutput(loss=loss)
         sampled = self.sample(
             hidden_states, states, generator=generator, num_inference_timesteps=num_inference_timesteps, noise=noise,
-            action_mask=action_mask, state_mask=state_mask,
+            action_mask=action_mask, state_mask=state_mask, **tokens,
         )
         return DiffusionPolicyOutput(actions=sampled)
 
@@ -106,8 +115,11 @@ class DiffusionPolicyMixin:
         generator: torch.Generator | None = None,
         action_mask: torch.Tensor | None = None,
         state_mask: torch.Tensor | None = None,
+        condition_tokens: torch.Tensor | None = None,
+        condition_token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Masked noise-prediction MSE (scalar, float32); shapes as in `forward`."""
+        """Masked MSE of the noise prediction (or of the clean-chunk prediction with `prediction_type` "sample"),
+        scalar float32; shapes as in `forward`."""
         cfg = self.config
         if actions.ndim != 3 or actions.shape[-1] != cfg.action_dim:
             raise ValueError(f"actions must be (B, T, {cfg.action_dim}), got shape {tuple(actions.shape)}")
@@ -133,11 +145,14 @@ class DiffusionPolicyMixin:
             # cannot leak into the real dimensions' predictions, and the loss leaves them out.
             action_mask = _tile(action_mask, draws)
             noisy = noisy * action_mask.unsqueeze(1).to(noisy.dtype)
-        extra = {} if state_mask is None else {"state_mask": _tile(state_mask, draws)}
+        extra = _extra_inputs(state_mask, condition_tokens, condition_token_mask, draws)
         # Drawn after the noise and timesteps, so runs without state dropout keep their random stream.
         states = self.drop_states(states, generator)
-        noise_pred = self.model_forward(noisy, timesteps, _tile(hidden_states, draws), _tile(states, draws), **extra)
-        return masked_noise_mse(noise_pred, noise, _tile(is_pad, draws), action_mask)
+        prediction = self.model_forward(noisy, timesteps, _tile(hidden_states, draws), _tile(states, draws), **extra)
+        # `prediction_type` "sample": the target is the clean chunk, so every noise level rewards reading the
+        # condition; with "epsilon" (the reference) the low-noise levels are solved from the noisy chunk alone.
+        target = _tile(actions, draws) if self.noise_scheduler.config.prediction_type == "sample" else noise
+        return masked_noise_mse(prediction, target, _tile(is_pad, draws), action_mask)
 
     @torch.no_grad()
     def sample(
@@ -149,11 +164,14 @@ class DiffusionPolicyMixin:
         noise: torch.Tensor | None = None,
         action_mask: torch.Tensor | None = None,
         state_mask: torch.Tensor | None = None,
+        condition_tokens: torch.Tensor | None = None,
+        condition_token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """DDIM sampling from Gaussian noise: `(B, prediction_horizon, action_dim)` float32 on the condition's device.
 
         With `action_mask` `(B, action_dim)` the padded dimensions are held at zero throughout (as training fed
-        them), so the chunk's padded dimensions come out zero."""
+        them), so the chunk's padded dimensions come out zero. `condition_tokens` `(B, L, cond_dim)` and
+        `condition_token_mask` `(B, L)` go to every denoising step (a head with cross-attention)."""
         cfg = self.config
         batch = pool_condition(hidden_states).shape[0]
         shape = (batch, cfg.prediction_horizon, cfg.action_dim)
@@ -170,7 +188,7 @@ class DiffusionPolicyMixin:
         denoise = getattr(self, "_compiled_denoiser", None) or self.model_forward
         keep = _check_mask(action_mask, batch, cfg.action_dim, "action_mask", device)
         keep = None if keep is None else keep.unsqueeze(1).to(torch.float32)
-        extra = {} if state_mask is None else {"state_mask": state_mask.to(device)}
+        extra = {k: v.to(device) for k, v in _extra_inputs(state_mask, condition_tokens, condition_token_mask).items()}
         states = self.drop_states(states, generator)
         # Timesteps and coefficients are device tensors indexed by a Python step number: the loop never
         # waits for the device, so a GPU can queue all steps' kernels back to back.
@@ -216,6 +234,18 @@ class DiffusionPolicyMixin:
         if not hasattr(torch, "compile"):
             raise RuntimeError(f"torch {torch.__version__} has no torch.compile: leave the head uncompiled")
         self.__dict__["_compiled_denoiser"] = torch.compile(self.model_forward, mode=mode, **compile_kwargs)
+
+
+def _extra_inputs(
+    state_mask: torch.Tensor | None,
+    condition_tokens: torch.Tensor | None,
+    condition_token_mask: torch.Tensor | None,
+    times: int = 1,
+) -> dict[str, torch.Tensor]:
+    """The optional `model_forward` inputs that were given, tiled `times` along the batch; absent ones are left out so
+    a head that does not take them (the UNet) is called as before."""
+    given = {"state_mask": state_mask, "condition_tokens": condition_tokens, "condition_token_mask": condition_token_mask}
+    return {name: _tile(value, times) for name, value in given.items() if value is not None}
 
 
 def _check_mask(

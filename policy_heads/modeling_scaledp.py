@@ -62,6 +62,28 @@ class ScaleDPAttention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(batch, steps, dim))
 
 
+class ScaleDPCrossAttention(nn.Module):
+    """Action tokens `(B, T, C)` attend to the VLM's condition tokens `(B, L, C)` (already projected to `C`)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=True)
+        self.kv = nn.Linear(dim, dim * 2, bias=True)
+        # Zero-initialised like the adaLN gates: a block with cross-attention starts as the block without it.
+        self.proj = ZeroInitLinear(dim, dim)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """`x` `(B, T, C)`, `tokens` `(B, L, C)`, `token_mask` `(B, L)` bool (True: attend) -> `(B, T, C)`."""
+        batch, steps, dim = x.shape
+        q = self.q(x).reshape(batch, steps, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.kv(tokens).reshape(batch, tokens.shape[1], 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)  # each (B, heads, L, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=token_mask[:, None, None, :])
+        return self.proj(out.transpose(1, 2).reshape(batch, steps, dim))
+
+
 class TimestepEmbedder(nn.Module):
     """Sinusoidal timestep features followed by an MLP: `(B,) -> (B, hidden_size)`."""
 
@@ -80,10 +102,16 @@ class TimestepEmbedder(nn.Module):
 
 
 class ScaleDPBlock(GradientCheckpointingLayer):
-    """Self-attention + MLP, each pre-normed, adaLN-modulated and gated by the condition `c` `(B, C)`."""
+    """Self-attention + MLP, each pre-normed, adaLN-modulated and gated by the condition `c` `(B, C)`; with
+    `cross_attention`, a pre-normed cross-attention to the condition tokens between the two (not in the reference)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, cross_attention: bool = False) -> None:
         super().__init__()
+        if cross_attention:
+            self.norm_cross = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+            self.cross_attn = ScaleDPCrossAttention(hidden_size, num_heads)
+        else:
+            self.cross_attn = None
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = ScaleDPAttention(hidden_size, num_heads=num_heads)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -96,10 +124,19 @@ class ScaleDPBlock(GradientCheckpointingLayer):
         # Zero-initialised: every block starts as the identity.
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), ZeroInitLinear(hidden_size, 6 * hidden_size, bias=True))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """`x` `(B, T, C)`, `c` `(B, C)` -> `(B, T, C)`."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`x` `(B, T, C)`, `c` `(B, C)`, `tokens` `(B, L, C)` and `token_mask` `(B, L)` (cross-attention only)
+        -> `(B, T, C)`."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.norm_cross(x), tokens, token_mask)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 
@@ -117,6 +154,47 @@ class ScaleDPFinalLayer(nn.Module):
         """`x` `(B, T, C)`, `c` `(B, C)` -> `(B, T, output_dim)`."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class ConditionTokenEmbedder(nn.Module):
+    """The VLM's token states `(B, L, cond_dim)` -> keys/values `(B, L, n_emb)` for the blocks' cross-attention.
+
+    Each token gets a learnt embedding of its place among the sample's attended tokens (counted from its first
+    one, so left and right padding give the same), because the hidden states do not carry where in the image a
+    token sits: rotary positions act inside attention only.
+    """
+
+    def __init__(self, cond_dim: int, n_emb: int, max_tokens: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cond_dim, eps=1e-6)
+        self.proj = nn.Linear(cond_dim, n_emb)
+        self.position = nn.Parameter(torch.zeros(max_tokens, n_emb))
+
+    def forward(
+        self, tokens: torch.Tensor | None, token_mask: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`tokens` `(B, L, cond_dim)`, `token_mask` `(B, L)` (True: attend; every row needs one; None: all) ->
+        embedded tokens `(B, L, n_emb)` and the mask as bool."""
+        cond_dim = self.norm.normalized_shape[0]
+        if tokens is None:
+            raise ValueError("this head has cross_attention=True: condition_tokens (B, L, cond_dim) are required")
+        if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[-1] != cond_dim:
+            raise ValueError(f"condition_tokens have shape {tuple(tokens.shape)}, expected ({batch}, L, {cond_dim})")
+        # Checked on the shape, not on the mask's count, so the check never waits for the device.
+        if tokens.shape[1] > self.position.shape[0]:
+            raise ValueError(
+                f"{tokens.shape[1]} condition tokens, but the head holds positions for max_condition_tokens="
+                f"{self.position.shape[0]}"
+            )
+        if token_mask is None:
+            token_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        elif tuple(token_mask.shape) != tuple(tokens.shape[:2]):
+            raise ValueError(f"condition_token_mask has shape {tuple(token_mask.shape)}, expected {tuple(tokens.shape[:2])}")
+        token_mask = token_mask.to(device=tokens.device, dtype=torch.bool)
+        index = (token_mask.long().cumsum(dim=1) - 1).clamp_min(0)
+        dtype = self.proj.weight.dtype
+        embedded = self.proj(self.norm(tokens.to(dtype))) + self.position[index]
+        return embedded, token_mask
 
 
 class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
@@ -144,11 +222,20 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
         self.t_embedder = TimestepEmbedder(config.n_emb)
         self.cond_obs_emb = nn.Linear(config.cond_dim, config.n_emb)
         self.pos_embed = nn.Parameter(torch.zeros(1, config.prediction_horizon, config.n_emb))
+        if config.cross_attention:
+            self.token_embedder = ConditionTokenEmbedder(config.cond_dim, config.n_emb, config.max_condition_tokens)
+        else:
+            self.token_embedder = None
         self.blocks = nn.ModuleList(
-            [ScaleDPBlock(config.n_emb, config.num_heads, mlp_ratio=config.mlp_ratio) for _ in range(config.depth)]
+            [
+                ScaleDPBlock(config.n_emb, config.num_heads, config.mlp_ratio, config.cross_attention)
+                for _ in range(config.depth)
+            ]
         )
         self.final_layer = ScaleDPFinalLayer(config.n_emb, config.action_dim)
-        self.noise_scheduler = build_ddim_scheduler(config.num_train_timesteps)
+        self.noise_scheduler = build_ddim_scheduler(
+            config.num_train_timesteps, getattr(config, "prediction_type", "epsilon")
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -177,6 +264,11 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
             init.zeros_(module.num_batches_tracked)
         elif isinstance(module, ScaleDP):
             init.normal_(module.pos_embed, std=0.02)
+        elif isinstance(module, ConditionTokenEmbedder):
+            init.normal_(module.position, std=0.02)
+        elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
 
     def model_forward(
         self,
@@ -185,6 +277,8 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
         global_cond: torch.Tensor,
         states: torch.Tensor | None = None,
         state_mask: torch.Tensor | None = None,
+        condition_tokens: torch.Tensor | None = None,
+        condition_token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the noise.
 
@@ -194,6 +288,8 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
             global_cond: `(B, N, cond_dim)` or `(B, cond_dim)` condition.
             states: `(B, state_dim)` robot state.
             state_mask: `(B, state_dim)` real state dimensions (read with `config.state_mask_input` only).
+            condition_tokens: `(B, L, cond_dim)` the VLM's last hidden states, attended to by every block
+                (`config.cross_attention`); condition_token_mask: `(B, L)` True on the tokens to attend to.
 
         Returns:
             `(B, T, action_dim)` predicted noise in the model dtype.
@@ -208,8 +304,13 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
         # Timestep embedding added to the embedded observation: one adaLN condition vector per sample.
         c = self.t_embedder(t) + self.cond_obs_emb(cond)
         x = self.x_embedder(x) + self.pos_embed[:, : x.shape[1]]
+        tokens = token_mask = None
+        if self.token_embedder is not None:
+            tokens, token_mask = self.token_embedder(condition_tokens, condition_token_mask, x.shape[0])
+        elif condition_tokens is not None:
+            raise ValueError("condition_tokens were given but the head was built with cross_attention=False")
         for block in self.blocks:
-            x = block(x, c)
+            x = block(x, c, tokens, token_mask)
         return self.final_layer(x, c)
 
 

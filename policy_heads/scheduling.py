@@ -10,9 +10,14 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler
 
+PREDICTION_TYPES = ("epsilon", "sample")
 
-def build_ddim_scheduler(num_train_timesteps: int) -> DDIMScheduler:
-    """The reference's scheduler: squaredcos_cap_v2 betas, clipped x0, epsilon prediction."""
+
+def build_ddim_scheduler(num_train_timesteps: int, prediction_type: str = "epsilon") -> DDIMScheduler:
+    """The reference's scheduler: squaredcos_cap_v2 betas, clipped x0, epsilon prediction (``prediction_type``
+    ``"sample"``: the network predicts the clean chunk instead)."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type={prediction_type!r} is not one of {PREDICTION_TYPES}")
     # The tables are tiny host-side constants. Build them on CPU in float32 even when the model is constructed
     # under a `torch.device("meta")` context or a 16-bit default dtype (both happen inside `from_pretrained`):
     # the first would leave them without data, the second makes `final_alpha_cumprod` 16-bit.
@@ -26,7 +31,7 @@ def build_ddim_scheduler(num_train_timesteps: int) -> DDIMScheduler:
                 clip_sample=True,
                 set_alpha_to_one=True,
                 steps_offset=0,
-                prediction_type="epsilon",
+                prediction_type=prediction_type,
             )
     finally:
         torch.set_default_dtype(previous_dtype)
@@ -70,6 +75,7 @@ class DDIMTables:
     sqrt_alpha_prev: torch.Tensor
     sqrt_one_minus_alpha_prev: torch.Tensor
     clip_range: float | None
+    predicts_sample: bool = False
 
 
 def ddim_tables(scheduler: DDIMScheduler, num_inference_steps: int, device: torch.device) -> DDIMTables:
@@ -77,12 +83,13 @@ def ddim_tables(scheduler: DDIMScheduler, num_inference_steps: int, device: torc
 
     The same float32 operations as diffusers' ``DDIMScheduler.step`` with ``eta=0``, so
     :func:`ddim_update` reproduces it to the last bit. Only the configuration the experts use is supported
-    (epsilon prediction, no dynamic thresholding); anything else is an error rather than a silent difference.
+    (epsilon or sample prediction, no dynamic thresholding); anything else is an error rather than a silent
+    difference.
     """
     config = scheduler.config
-    if config.prediction_type != "epsilon" or config.thresholding:
+    if config.prediction_type not in PREDICTION_TYPES or config.thresholding:
         raise ValueError(
-            f"fast DDIM sampling supports prediction_type='epsilon' without thresholding, got "
+            f"fast DDIM sampling supports prediction_type {PREDICTION_TYPES} without thresholding, got "
             f"prediction_type={config.prediction_type!r}, thresholding={config.thresholding}"
         )
     scheduler.set_timesteps(num_inference_steps)
@@ -99,6 +106,7 @@ def ddim_tables(scheduler: DDIMScheduler, num_inference_steps: int, device: torc
         sqrt_alpha_prev=(alpha_prev**0.5).to(device),
         sqrt_one_minus_alpha_prev=((1 - alpha_prev) ** 0.5).to(device),
         clip_range=float(config.clip_sample_range) if config.clip_sample else None,
+        predicts_sample=config.prediction_type == "sample",
     )
 
 
@@ -106,12 +114,17 @@ def ddim_update(tables: DDIMTables, step: int, noise_pred: torch.Tensor, sample:
     """Step ``step`` (an index into ``tables``) of deterministic DDIM: ``(B, T, A)`` float32 in and out.
 
     ``ddim_step_fp32`` without the per-step table lookups and host-side branches of ``scheduler.step``.
+    ``noise_pred`` is the network's output: the noise, or the clean chunk for ``predicts_sample`` tables.
     """
-    eps = noise_pred.float()
-    x0 = (sample - tables.sqrt_one_minus_alpha[step] * eps) / tables.sqrt_alpha[step]
+    if tables.predicts_sample:
+        x0 = noise_pred.float()
+        eps = (sample - tables.sqrt_alpha[step] * x0) / tables.sqrt_one_minus_alpha[step]
+    else:
+        eps = noise_pred.float()
+        x0 = (sample - tables.sqrt_one_minus_alpha[step] * eps) / tables.sqrt_alpha[step]
     if tables.clip_range is not None:
         x0 = x0.clamp(-tables.clip_range, tables.clip_range)
     return tables.sqrt_alpha_prev[step] * x0 + tables.sqrt_one_minus_alpha_prev[step] * eps
 
 
-__all__ = ["DDIMTables", "add_noise_fp32", "build_ddim_scheduler", "ddim_step_fp32", "ddim_tables", "ddim_update"]
+__all__ = ["PREDICTION_TYPES", "DDIMTables", "add_noise_fp32", "build_ddim_scheduler", "ddim_step_fp32", "ddim_tables", "ddim_update"]

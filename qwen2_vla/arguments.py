@@ -34,7 +34,7 @@ from transformers.utils import is_torch_tf32_available
 from data_utils.image_utils import parse_image_size
 from data_utils.normalization import ACTION_NORMALIZATIONS, STATE_NORMALIZATIONS, STATS_SOURCES
 from policy_heads import POLICY_HEAD_CONFIGS, SCALEDP_PRESETS
-from policy_heads.configuration_common import check_state_dropout
+from policy_heads.configuration_common import check_prediction_type, check_state_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +207,21 @@ class ActionHeadArguments:
         },
     )
 
+    prediction_type: str = field(
+        default="epsilon",
+        metadata={
+            "help": "What the diffusion head predicts: 'epsilon' the noise (the reference) or 'sample' the clean action "
+            "chunk (every noise level then rewards reading the observation)."
+        },
+    )
+    cross_attention: bool = field(
+        default=False,
+        metadata={
+            "help": "ScaleDP: every block also attends to the VLM's token states (a small object's place in the image "
+            "survives; mean pooling averages it away). False (the reference): the pooled condition only."
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.policy_head_type not in POLICY_HEAD_CONFIGS:
             raise ValueError(f"policy_head_type={self.policy_head_type!r} is not one of {sorted(POLICY_HEAD_CONFIGS)}")
@@ -224,10 +239,10 @@ class ActionHeadArguments:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         check_state_dropout(self.state_dropout, self.state_dim)
-        if self.condition_norm and self.policy_head_type != SCALE_DP_POLICY:
-            raise ValueError(
-                f"condition_norm=True is a ScaleDP option but policy_head_type={self.policy_head_type!r}"
-            )
+        check_prediction_type(self.prediction_type)
+        for option in ("condition_norm", "cross_attention"):
+            if getattr(self, option) and self.policy_head_type != SCALE_DP_POLICY:
+                raise ValueError(f"{option}=True is a ScaleDP option but policy_head_type={self.policy_head_type!r}")
 
 
 @dataclass

@@ -110,6 +110,18 @@ class VLAMixin:
             return masked_mean(hidden_states, prompt_mask | answer_mask).unsqueeze(1)
         return self.fusion(hidden_states, prompt_mask, answer_mask)
 
+    def condition_token_inputs(
+        self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """The head's token inputs when it attends to the VLM's tokens (ScaleDP ``cross_attention``), else none:
+        ``hidden_states (B, L, H)`` and the attended-token mask ``(B, L)`` (prompt and answer, padding left out;
+        None: all attended)."""
+        if not getattr(self.config.policy_head_config, "cross_attention", False):
+            return {}
+        if token_mask is None:
+            token_mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+        return {"condition_tokens": hidden_states, "condition_token_mask": token_mask.bool()}
+
     def film_forward(
         self, labels: torch.Tensor, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -185,6 +197,7 @@ class VLAMixin:
         action_loss = self.policy_head(
             actions=actions, hidden_states=condition, states=states, is_pad=is_pad,
             **{k: v for k, v in masks.items() if v is not None},  # absent: the single-embodiment path as it was
+            **self.condition_token_inputs(hidden_states, attention_mask),
         ).loss
         loss = action_loss if llm_loss is None else action_loss + self.config.llm_loss_weight * llm_loss
         return Qwen2VLAOutput(loss=loss, llm_loss=llm_loss, action_loss=action_loss, logits=logits)
@@ -271,6 +284,7 @@ class VLAMixin:
             num_inference_timesteps=num_inference_timesteps,
             noise=noise,
             **{k: v.to(device) for k, v in (("action_mask", action_mask), ("state_mask", state_mask)) if v is not None},
+            **self.condition_token_inputs(hidden_states, full_mask),
         ).actions
         reasoning = None
         if tokenizer is not None:

@@ -106,6 +106,8 @@ class BenchmarkConfig:
     # constant within a few hundred steps (the first-chunk probe and README show it), so the head goes blind.
     freeze_vision_tower: bool = False
     condition_norm: bool = False  # the head's --condition_norm
+    cross_attention: bool = False  # the head's --cross_attention
+    prediction_type: str = "epsilon"  # the head's --prediction_type
     # The language-model loss on the (constant) answer: without reasoning it only teaches the VLM to ignore its input.
     llm_loss_weight: float = 1.0
     # Held-out demonstrations for the first-chunk probe, at the first evaluation seeds (at most num_eval of them).
@@ -341,7 +343,8 @@ class SimBenchmark:
             "--use_cpu", "True", "--use_reasoning", "False", "--state_dim", "14", "--action_dim", "14",
             "--chunk_size", str(c.chunk_size), "--policy_head_type", "scale_dp_policy",
             "--policy_head_size", c.head_size, "--state_dropout", str(c.state_dropout),
-            "--condition_norm", str(c.condition_norm),
+            "--condition_norm", str(c.condition_norm), "--cross_attention", str(c.cross_attention),
+            "--prediction_type", c.prediction_type,
             "--freeze_vision_tower", str(c.freeze_vision_tower), "--llm_loss_weight", str(c.llm_loss_weight),
             "--image_size_stable", size, "--image_size_wrist", size,
             "--per_device_train_batch_size", str(c.batch_size), "--gradient_accumulation_steps", "1",

@@ -199,6 +199,19 @@ def _condition_norm(run: Run) -> None:
     assert not run.parse()[1].policy_head_config.condition_norm
 
 
+@effect("prediction_type")
+def _prediction_type(run: Run) -> None:
+    assert run.parse(prediction_type="sample")[1].policy_head_config.prediction_type == "sample"
+    assert run.parse()[1].policy_head_config.prediction_type == "epsilon"
+
+
+@effect("cross_attention")
+def _cross_attention(run: Run) -> None:
+    head = run.parse(cross_attention=True, model_max_length=700)[1].policy_head_config
+    assert head.cross_attention and head.max_condition_tokens == 700  # a position for every token a sample can have
+    assert not run.parse()[1].policy_head_config.cross_attention
+
+
 @effect("model_name_or_path")
 def _model_name_or_path(run: Run) -> None:
     base = transformers.AutoConfig.from_pretrained(run.model_dir)
