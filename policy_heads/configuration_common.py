@@ -20,9 +20,12 @@ def drop_unset_optional_fields(config_dict: dict) -> dict:
     return config_dict
 
 
-def check_prediction_type(prediction_type: str) -> None:
-    from .scheduling import PREDICTION_TYPES
+# What a diffusion head may predict: the noise (the reference) or the clean chunk.
+PREDICTION_TYPES = ("epsilon", "sample")
 
+
+def check_prediction_type(prediction_type: str) -> None:
+    """Reject a ``prediction_type`` the heads' training target and DDIM sampling do not implement."""
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type={prediction_type!r} is not one of {PREDICTION_TYPES}")
 
@@ -35,4 +38,4 @@ def check_state_dropout(state_dropout: float, state_dim: int) -> None:
         raise ValueError(f"state_dropout={state_dropout} with state_dim=0: there is no state to drop")
 
 
-__all__ = ["OPTIONAL_FIELDS", "check_prediction_type", "check_state_dropout", "drop_unset_optional_fields"]
+__all__ = ["OPTIONAL_FIELDS", "PREDICTION_TYPES", "check_prediction_type", "check_state_dropout", "drop_unset_optional_fields"]

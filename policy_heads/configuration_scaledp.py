@@ -6,7 +6,12 @@ from typing import ClassVar
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_common import check_prediction_type, check_state_dropout, drop_unset_optional_fields
+from .configuration_common import (
+    OPTIONAL_FIELDS,
+    check_prediction_type,
+    check_state_dropout,
+    drop_unset_optional_fields,
+)
 
 # name -> (depth, n_emb, num_heads). The sizes of the ScaleDP paper; "ScaleDP_tiny" is for tests and demos.
 SCALEDP_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -143,7 +148,7 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
                 f"obs_as_cond={self.obs_as_cond} requires time_as_cond=True (got time_as_cond={self.time_as_cond}): "
                 "the timestep and observation share the adaLN condition"
             )
-        if not self.cross_attention and self.max_condition_tokens != 1024:
+        if not self.cross_attention and self.max_condition_tokens != OPTIONAL_FIELDS["max_condition_tokens"]:
             raise ValueError(
                 f"max_condition_tokens={self.max_condition_tokens} with cross_attention=False: the positions belong to "
                 "the cross-attention; set cross_attention=True or leave max_condition_tokens at its default"

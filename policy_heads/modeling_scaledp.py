@@ -233,9 +233,7 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
             ]
         )
         self.final_layer = ScaleDPFinalLayer(config.n_emb, config.action_dim)
-        self.noise_scheduler = build_ddim_scheduler(
-            config.num_train_timesteps, getattr(config, "prediction_type", "epsilon")
-        )
+        self.noise_scheduler = build_ddim_scheduler(config.num_train_timesteps, config.prediction_type)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -174,9 +174,7 @@ class ConditionalUnet1D(DiffusionPolicyMixin, PreTrainedModel):
         )
         # Each stride-2 stage halves the length; pad the horizon so every halving is exact.
         self.length_multiple = 2 ** (len(levels) - 1)
-        self.noise_scheduler = build_ddim_scheduler(
-            config.num_train_timesteps, getattr(config, "prediction_type", "epsilon")
-        )
+        self.noise_scheduler = build_ddim_scheduler(config.num_train_timesteps, config.prediction_type)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:

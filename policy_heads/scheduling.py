@@ -10,14 +10,13 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler
 
-PREDICTION_TYPES = ("epsilon", "sample")
+from .configuration_common import PREDICTION_TYPES, check_prediction_type
 
 
 def build_ddim_scheduler(num_train_timesteps: int, prediction_type: str = "epsilon") -> DDIMScheduler:
     """The reference's scheduler: squaredcos_cap_v2 betas, clipped x0, epsilon prediction (``prediction_type``
     ``"sample"``: the network predicts the clean chunk instead)."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type={prediction_type!r} is not one of {PREDICTION_TYPES}")
+    check_prediction_type(prediction_type)
     # The tables are tiny host-side constants. Build them on CPU in float32 even when the model is constructed
     # under a `torch.device("meta")` context or a 16-bit default dtype (both happen inside `from_pretrained`):
     # the first would leave them without data, the second makes `final_alpha_cumprod` 16-bit.
@@ -127,4 +126,4 @@ def ddim_update(tables: DDIMTables, step: int, noise_pred: torch.Tensor, sample:
     return tables.sqrt_alpha_prev[step] * x0 + tables.sqrt_one_minus_alpha_prev[step] * eps
 
 
-__all__ = ["PREDICTION_TYPES", "DDIMTables", "add_noise_fp32", "build_ddim_scheduler", "ddim_step_fp32", "ddim_tables", "ddim_update"]
+__all__ = ["DDIMTables", "add_noise_fp32", "build_ddim_scheduler", "ddim_step_fp32", "ddim_tables", "ddim_update"]
