@@ -139,3 +139,33 @@ def test_lora_steps_move_small_adapter_weights_as_fp32_adamw(real_width_model_di
     assert (steps == 0).float().mean() < 0.05
     base_name = lora_a.replace("lora_A.default.weight", "base_layer.weight")
     assert params[base_name].dtype == torch.bfloat16 and not params[base_name].requires_grad
+
+
+@pytest.mark.slow
+def test_token_cross_attention_and_sample_prediction_under_bf16_autocast(real_width_model_dir, tiny_task, tmp_path):
+    """The head options at Qwen2-VL-2B's width: the VLM hands the head bf16 states under autocast; the head's
+    trainable weights stay float32, gradients reach them finite, and sampling returns float32 actions."""
+    model = _load(real_width_model_dir, tmp_path, cross_attention=True, prediction_type="sample")
+    from tests.test_policy_heads_models import randomize_zero_init
+
+    head = model.policy_head
+    assert head.config.cond_dim == 1536 and head.config.prediction_type == "sample"
+    _assert_master_weights_fp32(head, frozen_dtype=torch.bfloat16)
+    randomize_zero_init(head)  # off the adaLN-Zero start, so the gradient reaches the token branch
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 40, 1536, generator=generator).to(torch.bfloat16)  # what the autocast VLM returns
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[0, :7] = False  # left padding
+    chunk = head.config.prediction_horizon
+    inputs = {"hidden_states": tokens.mean(1, keepdim=True), "states": torch.randn(2, head.config.state_dim),
+              "condition_tokens": tokens, "condition_token_mask": mask}
+    head.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head(actions=torch.rand(2, chunk, head.config.action_dim) * 2 - 1, **inputs, generator=generator).loss
+    loss.backward()
+    grad = head.token_embedder.proj.weight.grad
+    assert torch.isfinite(loss) and grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    head.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actions = head(**inputs, generator=generator).actions
+    assert actions.dtype == torch.float32 and torch.isfinite(actions).all() and actions.abs().max() <= 1.0
