@@ -90,6 +90,10 @@ def _check_checkpoint_head(config: VLAConfigMixin, data_args: DataArguments, hea
         "state_dropout": (float(getattr(head, "state_dropout", 0.0)), float(head_args.state_dropout)),
         "condition_norm": (bool(getattr(head, "condition_norm", False)), head_args.condition_norm),
         "cross_attention": (bool(getattr(head, "cross_attention", False)), head_args.cross_attention),
+        "condition_tokens_from": (
+            getattr(head, "condition_tokens_from", "last_hidden_state"), head_args.condition_tokens_from
+        ),
+        "condition_token_norm": (bool(getattr(head, "condition_token_norm", False)), head_args.condition_token_norm),
         "prediction_type": (getattr(head, "prediction_type", "epsilon"), head_args.prediction_type),
     }
     if getattr(head, "state_mask_input", False) != multi:
@@ -152,7 +156,12 @@ def build_model_config(
         **({"prediction_type": head_args.prediction_type} if head_args.prediction_type != "epsilon" else {}),
         # Positions for every token a sample can have: the processor's length limit bounds it.
         **(
-            {"cross_attention": True, "max_condition_tokens": training_args.model_max_length}
+            {
+                "cross_attention": True,
+                "max_condition_tokens": training_args.model_max_length,
+                "condition_tokens_from": head_args.condition_tokens_from,
+                "condition_token_norm": head_args.condition_token_norm,
+            }
             if head_args.cross_attention else {}
         ),
     )

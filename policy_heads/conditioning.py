@@ -88,4 +88,72 @@ class ConditionNorm(nn.BatchNorm1d):
         return super().forward(cond)
 
 
-__all__ = ["ConditionNorm", "StateConditionMixer", "concat_state", "pool_condition"]
+class ConditionTokenNorm(nn.Module):
+    """Standardisation of the condition tokens `(B, L, C)` per place and feature (a batch norm per place).
+
+    A token's place is its index among the sample's attended tokens, so each of the image's patches keeps its own
+    statistics. The VLM's token states share a large constant part: where a small object sits changes its patch's
+    state by a fraction of a percent, too little for the head to pick up, yet a linear read-out of the
+    standardised states finds it. In training a place is standardised with the batch's statistics when at least
+    two samples attend to it (as batch norm: they move with the VLM as it trains, where running averages would lag
+    behind it), else with the running ones; at inference always with the running ones, so a sample's tokens do not
+    depend on its batch. Running statistics are cumulative over a place's first batches, then with `momentum`.
+    """
+
+    def __init__(self, max_tokens: int, dim: int, momentum: float = 0.01, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer("running_mean", torch.zeros(max_tokens, dim, dtype=torch.float32))
+        self.register_buffer("running_var", torch.ones(max_tokens, dim, dtype=torch.float32))
+        self.register_buffer("batches_tracked", torch.zeros(max_tokens, dtype=torch.long))
+
+    def _apply(self, fn, recurse: bool = True) -> "ConditionTokenNorm":
+        # The statistics stay float32 when the model is cast (a bf16 deployment): in bf16 a mean of ~1 is
+        # stored to ~4e-3, coarser than the variation it is there to bring out. Devices still move.
+        kept = {name: getattr(self, name) for name in ("running_mean", "running_var")}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = getattr(self, name)
+            if after.dtype != before.dtype:
+                setattr(self, name, before.to(device=after.device))
+        return self
+
+    def _batch_statistics(
+        self, tokens: torch.Tensor, token_mask: torch.Tensor, places: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per place: attended-token count `(P,)`, mean and (biased) variance `(P, C)` over the batch."""
+        values = tokens.float().flatten(0, 1)
+        weights = token_mask.float().flatten()
+        places = places.flatten()
+        count = torch.zeros(self.running_mean.shape[0], device=values.device).index_add(0, places, weights)
+        weighted = values * weights.unsqueeze(-1)
+        zeros = torch.zeros(self.running_mean.shape, device=values.device)
+        denominator = count.clamp_min(1.0).unsqueeze(-1)
+        mean = zeros.index_add(0, places, weighted) / denominator
+        # Two passes: E[x^2] - E[x]^2 cancels catastrophically when the shared part dwarfs the variation.
+        deviations = (values - mean[places]) * weights.unsqueeze(-1)
+        return count, mean, zeros.index_add(0, places, deviations.square()) / denominator
+
+    @torch.no_grad()
+    def _update(self, count: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:
+        seen = count > 0
+        rate = (1.0 / (self.batches_tracked[seen] + 1).float()).clamp_min(self.momentum).unsqueeze(-1)
+        self.running_mean[seen] += rate * (mean[seen] - self.running_mean[seen])
+        self.running_var[seen] += rate * (var[seen] - self.running_var[seen])
+        self.batches_tracked[seen] += 1
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
+        """`tokens` `(B, L, C)`, `token_mask` `(B, L)` bool, `places` `(B, L)` each token's index among the
+        attended ones -> `(B, L, C)` standardised, in float32 (masked tokens are never attended to)."""
+        mean, var = self.running_mean, self.running_var
+        if self.training:
+            count, batch_mean, batch_var = self._batch_statistics(tokens, token_mask, places)
+            self._update(count, batch_mean.detach(), batch_var.detach())
+            from_batch = (count >= 2).unsqueeze(-1)
+            mean = torch.where(from_batch, batch_mean, mean)
+            var = torch.where(from_batch, batch_var, var)
+        return (tokens.float() - mean[places]) * torch.rsqrt(var[places] + self.eps)
+
+
+__all__ = ["ConditionNorm", "ConditionTokenNorm", "StateConditionMixer", "concat_state", "pool_condition"]

@@ -8,6 +8,8 @@ OPTIONAL_FIELDS: dict[str, object] = {
     "condition_norm": False,
     "cross_attention": False,
     "max_condition_tokens": 1024,
+    "condition_tokens_from": "last_hidden_state",
+    "condition_token_norm": False,
     "prediction_type": "epsilon",
 }
 
@@ -28,6 +30,11 @@ def check_prediction_type(prediction_type: str) -> None:
     """Reject a ``prediction_type`` the heads' training target and DDIM sampling do not implement."""
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type={prediction_type!r} is not one of {PREDICTION_TYPES}")
+
+
+# Which of the VLM's token states a cross-attending head reads: the language model's last layer (as the pooled
+# condition) or its input, where the image tokens are the vision tower's merged patches as they are.
+CONDITION_TOKEN_SOURCES = ("last_hidden_state", "input_embeddings")
 
 
 def check_state_dropout(state_dropout: float, state_dim: int) -> None:

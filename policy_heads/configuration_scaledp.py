@@ -7,6 +7,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_common import (
+    CONDITION_TOKEN_SOURCES,
     OPTIONAL_FIELDS,
     check_prediction_type,
     check_state_dropout,
@@ -67,6 +68,14 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
             The reference pools: a small object's place in the image, carried by a few image tokens, averages away.
         max_condition_tokens (`int`, defaults to 1024): the most condition tokens a sample may have (the learnt
             positions); read with `cross_attention` only.
+        condition_tokens_from (`str`, defaults to `"last_hidden_state"`): which token states the cross-attention
+            reads: `"last_hidden_state"` the language model's last layer, or `"input_embeddings"` its input, where
+            the image tokens are the vision tower's merged patches before any language layer has mixed them with
+            the text. `cross_attention` only.
+        condition_token_norm (`bool`, defaults to False): standardise the condition tokens per place and feature
+            with running statistics before the cross-attention reads them. A small object moves its patch's state
+            by a fraction of a percent of what all states share; standardised, the change is of order one.
+            `cross_attention` only.
     """
 
     model_type: ClassVar[str] = "scale_dp_policy"
@@ -100,6 +109,8 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
     condition_norm: bool = False
     cross_attention: bool = False
     max_condition_tokens: int = 1024
+    condition_tokens_from: str = "last_hidden_state"
+    condition_token_norm: bool = False
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)  # applies the aliases in `attribute_map` first
@@ -152,6 +163,21 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
             raise ValueError(
                 f"max_condition_tokens={self.max_condition_tokens} with cross_attention=False: the positions belong to "
                 "the cross-attention; set cross_attention=True or leave max_condition_tokens at its default"
+            )
+        if self.condition_tokens_from not in CONDITION_TOKEN_SOURCES:
+            raise ValueError(
+                f"condition_tokens_from={self.condition_tokens_from!r} is not one of {CONDITION_TOKEN_SOURCES}"
+            )
+        if not self.cross_attention and self.condition_tokens_from != OPTIONAL_FIELDS["condition_tokens_from"]:
+            raise ValueError(
+                f"condition_tokens_from={self.condition_tokens_from!r} with cross_attention=False: only the "
+                "cross-attention reads token states; set cross_attention=True or leave condition_tokens_from at its "
+                "default"
+            )
+        if self.condition_token_norm and not self.cross_attention:
+            raise ValueError(
+                "condition_token_norm=True with cross_attention=False: it standardises the tokens the "
+                "cross-attention reads; set cross_attention=True"
             )
         if self.num_inference_timesteps > self.num_train_timesteps:
             raise ValueError(

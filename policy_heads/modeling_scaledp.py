@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .conditioning import ConditionNorm, StateConditionMixer, pool_condition
+from .conditioning import ConditionNorm, ConditionTokenNorm, StateConditionMixer, pool_condition
 from .configuration_scaledp import ScaleDPPolicyConfig
 from .diffusion_policy import DiffusionPolicyMixin, expand_timesteps
 from .scheduling import build_ddim_scheduler
@@ -164,8 +164,9 @@ class ConditionTokenEmbedder(nn.Module):
     token sits: rotary positions act inside attention only.
     """
 
-    def __init__(self, cond_dim: int, n_emb: int, max_tokens: int) -> None:
+    def __init__(self, cond_dim: int, n_emb: int, max_tokens: int, standardize: bool = False) -> None:
         super().__init__()
+        self.standardize = ConditionTokenNorm(max_tokens, cond_dim) if standardize else None
         self.norm = nn.LayerNorm(cond_dim, eps=1e-6)
         self.proj = nn.Linear(cond_dim, n_emb)
         self.position = nn.Parameter(torch.zeros(max_tokens, n_emb))
@@ -193,6 +194,8 @@ class ConditionTokenEmbedder(nn.Module):
         token_mask = token_mask.to(device=tokens.device, dtype=torch.bool)
         index = (token_mask.long().cumsum(dim=1) - 1).clamp_min(0)
         dtype = self.proj.weight.dtype
+        if self.standardize is not None:
+            tokens = self.standardize(tokens, token_mask, index)
         embedded = self.proj(self.norm(tokens.to(dtype))) + self.position[index]
         return embedded, token_mask
 
@@ -223,7 +226,9 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
         self.cond_obs_emb = nn.Linear(config.cond_dim, config.n_emb)
         self.pos_embed = nn.Parameter(torch.zeros(1, config.prediction_horizon, config.n_emb))
         if config.cross_attention:
-            self.token_embedder = ConditionTokenEmbedder(config.cond_dim, config.n_emb, config.max_condition_tokens)
+            self.token_embedder = ConditionTokenEmbedder(
+                config.cond_dim, config.n_emb, config.max_condition_tokens, config.condition_token_norm
+            )
         else:
             self.token_embedder = None
         self.blocks = nn.ModuleList(
@@ -262,6 +267,10 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
             init.zeros_(module.num_batches_tracked)
         elif isinstance(module, ScaleDP):
             init.normal_(module.pos_embed, std=0.02)
+        elif isinstance(module, ConditionTokenNorm):
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.batches_tracked)
         elif isinstance(module, ConditionTokenEmbedder):
             init.normal_(module.position, std=0.02)
         elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:

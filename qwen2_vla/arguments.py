@@ -34,7 +34,7 @@ from transformers.utils import is_torch_tf32_available
 from data_utils.image_utils import parse_image_size
 from data_utils.normalization import ACTION_NORMALIZATIONS, STATE_NORMALIZATIONS, STATS_SOURCES
 from policy_heads import POLICY_HEAD_CONFIGS, SCALEDP_PRESETS
-from policy_heads.configuration_common import check_prediction_type, check_state_dropout
+from policy_heads.configuration_common import CONDITION_TOKEN_SOURCES, check_prediction_type, check_state_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +222,24 @@ class ActionHeadArguments:
         },
     )
 
+    condition_tokens_from: str = field(
+        default="last_hidden_state",
+        metadata={
+            "help": "With --cross_attention: the token states the head reads, 'last_hidden_state' (the language "
+            "model's last layer) or 'input_embeddings' (its input: the image tokens are the vision tower's merged "
+            "patches, not yet mixed with the text by any language layer)."
+        },
+    )
+
+    condition_token_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "With --cross_attention: standardise the condition tokens per place and feature (running "
+            "statistics) before the head reads them, so a small object's change to its patch is not lost under "
+            "what all tokens share."
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.policy_head_type not in POLICY_HEAD_CONFIGS:
             raise ValueError(f"policy_head_type={self.policy_head_type!r} is not one of {sorted(POLICY_HEAD_CONFIGS)}")
@@ -243,6 +261,20 @@ class ActionHeadArguments:
         for option in ("condition_norm", "cross_attention"):
             if getattr(self, option) and self.policy_head_type != SCALE_DP_POLICY:
                 raise ValueError(f"{option}=True is a ScaleDP option but policy_head_type={self.policy_head_type!r}")
+        if self.condition_tokens_from not in CONDITION_TOKEN_SOURCES:
+            raise ValueError(
+                f"condition_tokens_from={self.condition_tokens_from!r} is not one of {CONDITION_TOKEN_SOURCES}"
+            )
+        if self.condition_token_norm and not self.cross_attention:
+            raise ValueError(
+                "condition_token_norm=True needs cross_attention=True (got cross_attention=False): it standardises "
+                "the tokens the cross-attention reads"
+            )
+        if self.condition_tokens_from != "last_hidden_state" and not self.cross_attention:
+            raise ValueError(
+                f"condition_tokens_from={self.condition_tokens_from!r} needs cross_attention=True (got "
+                f"cross_attention={self.cross_attention}): only the cross-attention reads token states"
+            )
 
 
 @dataclass

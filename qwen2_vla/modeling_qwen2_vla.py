@@ -16,6 +16,8 @@ computed (one pass through the VLM), and samples an action chunk ``(B, chunk, ac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -111,16 +113,58 @@ class VLAMixin:
         return self.fusion(hidden_states, prompt_mask, answer_mask)
 
     def condition_token_inputs(
-        self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None
+        self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None, input_embeddings: list[torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """The head's token inputs when it attends to the VLM's tokens (ScaleDP ``cross_attention``), else none:
-        ``hidden_states (B, L, H)`` and the attended-token mask ``(B, L)`` (prompt and answer, padding left out;
-        None: all attended)."""
-        if not getattr(self.config.policy_head_config, "cross_attention", False):
+        the token states ``(B, L, H)`` its ``condition_tokens_from`` names (``hidden_states``, the last layer, or
+        ``input_embeddings``, the language model's inputs as ``_capture_input_embeddings`` kept them) and the
+        attended-token mask ``(B, L)`` (prompt and answer, padding left out; None: all attended)."""
+        head = self.config.policy_head_config
+        if not getattr(head, "cross_attention", False):
             return {}
+        tokens = hidden_states
+        if getattr(head, "condition_tokens_from", "last_hidden_state") == "input_embeddings":
+            # The latest forwards that together cover the sequence: generate()'s prefill and steps, or the one
+            # forward after it (``two_pass``), or the training forward.
+            covering, length = [], 0
+            for chunk in reversed(input_embeddings):
+                if length >= hidden_states.shape[1]:
+                    break
+                covering.insert(0, chunk)
+                length += chunk.shape[1]
+            if length != hidden_states.shape[1]:
+                raise RuntimeError(
+                    f"the language model's captured inputs cover {length} tokens but its last layer "
+                    f"{hidden_states.shape[1]}: a forward ran outside _capture_input_embeddings"
+                )
+            tokens = torch.cat(covering, dim=1)
         if token_mask is None:
-            token_mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
-        return {"condition_tokens": hidden_states, "condition_token_mask": token_mask.bool()}
+            token_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return {"condition_tokens": tokens, "condition_token_mask": token_mask.bool()}
+
+    @contextmanager
+    def _capture_input_embeddings(self) -> Iterator[list[torch.Tensor]]:
+        """Keeps the language model's ``inputs_embeds`` ``(B, l, H)`` of every forward inside the block, in call
+        order (a prefill, then one per generated token), when the head reads them (``condition_tokens_from``);
+        image tokens there are the vision tower's merged patches. A forward pre-hook, so the stock forward runs
+        as it is."""
+        captured: list[torch.Tensor] = []
+        head = self.config.policy_head_config
+        wanted = getattr(head, "cross_attention", False) and (
+            getattr(head, "condition_tokens_from", "last_hidden_state") == "input_embeddings"
+        )
+        if not wanted:
+            yield captured
+            return
+
+        def keep(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.append(kwargs["inputs_embeds"])
+
+        hook = self.model.language_model.register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            yield captured
+        finally:
+            hook.remove()
 
     def film_forward(
         self, labels: torch.Tensor, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -183,7 +227,8 @@ class VLAMixin:
             return Qwen2VLAOutput(loss=out.loss, llm_loss=out.loss, logits=out.logits, cache=out.cache)
 
         # Training needs every position's logits, so logits_to_keep does not apply here.
-        backbone = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        with self._capture_input_embeddings() as input_embeddings:
+            backbone = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden_states = backbone.last_hidden_state
         logits = self.lm_head(hidden_states)
         llm_loss = None
@@ -197,7 +242,7 @@ class VLAMixin:
         action_loss = self.policy_head(
             actions=actions, hidden_states=condition, states=states, is_pad=is_pad,
             **{k: v for k, v in masks.items() if v is not None},  # absent: the single-embodiment path as it was
-            **self.condition_token_inputs(hidden_states, attention_mask),
+            **self.condition_token_inputs(hidden_states, attention_mask, input_embeddings),
         ).loss
         loss = action_loss if llm_loss is None else action_loss + self.config.llm_loss_weight * llm_loss
         return Qwen2VLAOutput(loss=loss, llm_loss=llm_loss, action_loss=action_loss, logits=logits)
@@ -266,13 +311,14 @@ class VLAMixin:
             "image_grid_thw": None if image_grid_thw is None else image_grid_thw.to(device),
         }
         prompt_len = input_ids.shape[1]
-        if generate_reasoning and max_new_tokens > 0:
-            sequences, full_mask, hidden_states = self._generate_answer(
-                input_ids, attention_mask, mm_token_type_ids, image_kwargs, max_new_tokens, two_pass
-            )
-        else:
-            sequences, full_mask = _append_answer(input_ids, attention_mask, answer_ids, answer_ids_mask)
-            hidden_states = self._last_hidden_states(sequences, full_mask, mm_token_type_ids, image_kwargs)
+        with self._capture_input_embeddings() as input_embeddings:
+            if generate_reasoning and max_new_tokens > 0:
+                sequences, full_mask, hidden_states = self._generate_answer(
+                    input_ids, attention_mask, mm_token_type_ids, image_kwargs, max_new_tokens, two_pass
+                )
+            else:
+                sequences, full_mask = _append_answer(input_ids, attention_mask, answer_ids, answer_ids_mask)
+                hidden_states = self._last_hidden_states(sequences, full_mask, mm_token_type_ids, image_kwargs)
         answer_mask = torch.zeros_like(full_mask, dtype=torch.bool)
         answer_mask[:, prompt_len:] = full_mask[:, prompt_len:].bool()
         prompt_mask = full_mask.bool() & ~answer_mask
@@ -284,7 +330,7 @@ class VLAMixin:
             num_inference_timesteps=num_inference_timesteps,
             noise=noise,
             **{k: v.to(device) for k, v in (("action_mask", action_mask), ("state_mask", state_mask)) if v is not None},
-            **self.condition_token_inputs(hidden_states, full_mask),
+            **self.condition_token_inputs(hidden_states, full_mask, input_embeddings),
         ).actions
         reasoning = None
         if tokenizer is not None:

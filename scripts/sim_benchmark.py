@@ -107,6 +107,10 @@ class BenchmarkConfig:
     freeze_vision_tower: bool = False
     condition_norm: bool = False  # the head's --condition_norm
     cross_attention: bool = False  # the head's --cross_attention
+    condition_tokens_from: str = "last_hidden_state"  # the head's --condition_tokens_from (with cross_attention)
+    condition_token_norm: bool = False  # the head's --condition_token_norm (with cross_attention)
+    # The reference's image augmentation (random crop, rotation, colour jitter) for diffusion heads; False: none.
+    augment_images: bool = True
     prediction_type: str = "epsilon"  # the head's --prediction_type
     # The language-model loss on the (constant) answer: without reasoning it only teaches the VLM to ignore its input.
     llm_loss_weight: float = 1.0
@@ -344,7 +348,8 @@ class SimBenchmark:
             "--chunk_size", str(c.chunk_size), "--policy_head_type", "scale_dp_policy",
             "--policy_head_size", c.head_size, "--state_dropout", str(c.state_dropout),
             "--condition_norm", str(c.condition_norm), "--cross_attention", str(c.cross_attention),
-            "--prediction_type", c.prediction_type,
+            "--prediction_type", c.prediction_type, "--condition_tokens_from", c.condition_tokens_from,
+            "--condition_token_norm", str(c.condition_token_norm), "--augment_images", str(c.augment_images),
             "--freeze_vision_tower", str(c.freeze_vision_tower), "--llm_loss_weight", str(c.llm_loss_weight),
             "--image_size_stable", size, "--image_size_wrist", size,
             "--per_device_train_batch_size", str(c.batch_size), "--gradient_accumulation_steps", "1",

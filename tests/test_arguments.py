@@ -212,6 +212,19 @@ def _cross_attention(run: Run) -> None:
     assert not run.parse()[1].policy_head_config.cross_attention
 
 
+@effect("condition_tokens_from")
+def _condition_tokens_from(run: Run) -> None:
+    head = run.parse(cross_attention=True, condition_tokens_from="input_embeddings")[1].policy_head_config
+    assert head.condition_tokens_from == "input_embeddings"
+    assert run.parse(cross_attention=True)[1].policy_head_config.condition_tokens_from == "last_hidden_state"
+
+
+@effect("condition_token_norm")
+def _condition_token_norm(run: Run) -> None:
+    assert run.parse(cross_attention=True, condition_token_norm=True)[1].policy_head_config.condition_token_norm
+    assert not run.parse(cross_attention=True)[1].policy_head_config.condition_token_norm
+
+
 @effect("model_name_or_path")
 def _model_name_or_path(run: Run) -> None:
     base = transformers.AutoConfig.from_pretrained(run.model_dir)

@@ -196,3 +196,167 @@ def test_gradient_checkpointing_keeps_the_token_gradients() -> None:
     for name, grad in grads().items():
         torch.testing.assert_close(grad, reference[name], msg=name)
     assert reference["tokens"].abs().sum() > 0
+
+
+# ---- condition_tokens_from="input_embeddings" ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def embeddings_vla(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from policy_heads import build_policy_head_config
+    from qwen2_vla import Qwen2VLAConfig, Qwen2VLAForConditionalGeneration
+    from tests.test_vla_model import CHUNK
+
+    base = AutoConfig.from_pretrained(tiny_model_dir)
+    head = build_policy_head_config(
+        "scale_dp_policy", base.text_config.hidden_size, 14, 14, CHUNK, "ScaleDP_tiny", cross_attention=True,
+        condition_tokens_from="input_embeddings",
+    )
+    torch.manual_seed(0)
+    model = Qwen2VLAForConditionalGeneration.from_pretrained(
+        tiny_model_dir, config=Qwen2VLAConfig.from_qwen2_vl_config(base, head)
+    )
+    randomize_zero_init(model.policy_head)
+    return model
+
+
+def _head_tokens(model) -> tuple[list[torch.Tensor], object]:
+    """Records the ``condition_tokens`` of every head call (a forward pre-hook); returns the list and the hook."""
+    seen: list[torch.Tensor] = []
+    hook = model.policy_head.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["condition_tokens"].detach().clone()), with_kwargs=True
+    )
+    return seen, hook
+
+
+def _expected_embeddings(model, input_ids: torch.Tensor, pixel_values, image_grid_thw) -> torch.Tensor:
+    """The language model's input ``(B, L, H)``: token embeddings, the vision tower's merged patches on image tokens."""
+    with torch.no_grad():
+        expected = model.get_input_embeddings()(input_ids)
+        patches = torch.cat(model.model.get_image_features(pixel_values, image_grid_thw).pooler_output, dim=0)
+    image = input_ids == model.config.image_token_id
+    expected[image] = patches.to(expected.dtype)
+    return expected
+
+
+def test_head_reads_the_vision_towers_patches_when_told(parts, embeddings_vla):  # noqa: F811
+    from tests.test_vla_model import CHUNK
+
+    tokenizer, _, process, train, collator = parts
+    model = embeddings_vla.train()
+    batch = collator([train[0], train[1]])
+    seen, hook = _head_tokens(model)
+    try:
+        out = model(**batch)
+    finally:
+        hook.remove()
+    expected = _expected_embeddings(model, batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"])
+    torch.testing.assert_close(seen[0], expected)
+    out.action_loss.backward()  # the action loss alone trains the vision tower through the patches it reads
+    assert model.model.visual.merger.mlp[-1].weight.grad.abs().sum() > 0
+    model.zero_grad()
+
+    # Inference: generated reasoning (prefill + steps), the same through a second pass, and a fixed answer all hand
+    # the head the input embeddings of the whole prompt + answer.
+    model.eval()
+    raw = train.load_raw_step(0, 0)
+    prompts = [process.prompt_inputs(raw["images"], text) for text in ("pick", "move both arms to the red square now")]
+    inputs_ = collator(prompts)
+    noise = torch.randn(2, CHUNK, 14, generator=gen(0))
+    args = (inputs_["input_ids"], inputs_["attention_mask"], torch.zeros(2, 14), inputs_["pixel_values"],
+            inputs_["image_grid_thw"], inputs_["mm_token_type_ids"])
+    seen, hook = _head_tokens(model)
+    try:
+        one_pass = model.predict_action(*args, max_new_tokens=4, noise=noise)
+        two_pass = model.predict_action(*args, max_new_tokens=4, noise=noise, two_pass=True)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(two_pass.actions, one_pass.actions, rtol=1e-4, atol=1e-5)
+    expected = _expected_embeddings(model, one_pass.sequences, inputs_["pixel_values"], inputs_["image_grid_thw"])
+    for tokens in seen:
+        torch.testing.assert_close(tokens, expected)
+
+
+def test_condition_tokens_from_needs_the_cross_attention() -> None:
+    from qwen2_vla.arguments import ActionHeadArguments
+
+    with pytest.raises(ValueError, match="condition_tokens_from='input_embeddings' with cross_attention=False"):
+        build("scaledp", condition_tokens_from="input_embeddings")
+    with pytest.raises(ValueError, match="is not one of"):
+        build("scaledp", cross_attention=True, condition_tokens_from="layer_3")
+    with pytest.raises(ValueError, match="needs cross_attention=True"):
+        ActionHeadArguments(condition_tokens_from="input_embeddings")
+    assert "condition_tokens_from" not in build("scaledp", cross_attention=True).config.to_dict()  # saved when set
+
+
+# ---- condition_token_norm -------------------------------------------------------------------------------
+def test_token_norm_standardises_each_place_from_the_attended_tokens_only() -> None:
+    from policy_heads.conditioning import ConditionTokenNorm
+
+    norm = ConditionTokenNorm(max_tokens=5, dim=3).train()
+    tokens = torch.randn(4, 5, 3, generator=gen(0)) * 0.01 + 7.0  # a large shared part, a small varying one
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[0, :2] = False  # row 0 left padded: its third token is its first place
+    places = (mask.long().cumsum(1) - 1).clamp_min(0)
+    padded = tokens.clone()
+    padded[0, :2] = 1e6  # padding must not enter the statistics
+    out = norm(padded, mask, places)
+    # Place 0: row 0's token 2 and the first token of rows 1-3.
+    first = torch.stack([tokens[0, 2], tokens[1, 0], tokens[2, 0], tokens[3, 0]])
+    torch.testing.assert_close(norm.running_mean[0], first.mean(0))
+    torch.testing.assert_close(norm.running_var[0], first.var(0, unbiased=False))
+    assert norm.batches_tracked.tolist() == [1, 1, 1, 1, 1]
+    # In training each place is standardised with the batch's own statistics (no lag behind a VLM that trains).
+    at_first_place = torch.stack([out[0, 2], out[1, 0], out[2, 0], out[3, 0]])
+    torch.testing.assert_close(at_first_place.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(at_first_place.std(0, unbiased=False), torch.ones(3), atol=1e-2, rtol=0)
+    attended = out[mask]
+    assert attended.abs().max() < 5 and attended.std() > 0.5  # the 1e-2 variation is now of order one
+    # At inference the statistics stay, so a sample's tokens do not depend on its batch.
+    norm.eval()
+    alone = norm(padded[1:2], mask[1:2], places[1:2])
+    torch.testing.assert_close(alone[0], norm(padded, mask, places)[1])
+    assert norm.batches_tracked.tolist() == [1, 1, 1, 1, 1]
+
+
+def test_token_norm_lets_a_small_change_of_one_token_reach_the_head(tmp_path: Path) -> None:
+    from policy_heads import ScaleDP
+
+    # What every sample's token states share (per place and feature, as a VLM's are), and a small varying part.
+    tokens = 3.0 * _tokens(1, seed=9) + 0.01 * _tokens(8)
+    plain = build("scaledp", cross_attention=True, max_condition_tokens=8)
+    normed = build("scaledp", cross_attention=True, max_condition_tokens=8, condition_token_norm=True)
+    randomize_zero_init(plain)
+    randomize_zero_init(normed)
+    normed.train()
+    normed(**inputs(8), condition_tokens=tokens, generator=gen())  # the running statistics of these tokens
+    moved = tokens.clone()
+    moved[:, 3] += 0.01 * torch.randn(8, COND, generator=gen(5))  # one patch changes by a fraction of a percent
+    effects = {}
+    for name, head in (("plain", plain), ("normed", normed)):
+        effects[name] = float((_predict(head, moved) - _predict(head, tokens)).abs().mean())
+    assert effects["normed"] > 10 * effects["plain"]
+    # The statistics are saved with the head and loaded exactly.
+    normed.save_pretrained(tmp_path / "normed")
+    loaded = ScaleDP.from_pretrained(tmp_path / "normed")
+    assert loaded.config.condition_token_norm
+    for name, value in normed.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(_predict(loaded, moved), _predict(normed, moved), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="condition_token_norm=True with cross_attention=False"):
+        build("scaledp", condition_token_norm=True)
+
+
+def test_token_statistics_stay_float32_in_a_bf16_model(tmp_path: Path) -> None:
+    from policy_heads import ScaleDP
+
+    head = build("scaledp", cross_attention=True, max_condition_tokens=8, condition_token_norm=True).train()
+    head(**inputs(4), condition_tokens=3.0 + 1e-3 * _tokens(4), generator=gen())
+    statistics = {k: v.clone() for k, v in head.token_embedder.standardize.state_dict().items()}
+    head.to(torch.bfloat16)
+    head.save_pretrained(tmp_path / "bf16")
+    loaded = ScaleDP.from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    assert loaded.x_embedder.weight.dtype == torch.bfloat16  # the rest of the head is cast as asked
+    for model in (head, loaded):
+        for name, value in model.token_embedder.standardize.state_dict().items():
+            torch.testing.assert_close(value, statistics[name], rtol=0, atol=0, msg=name)  # float32, exactly

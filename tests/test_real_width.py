@@ -145,12 +145,18 @@ def test_lora_steps_move_small_adapter_weights_as_fp32_adamw(real_width_model_di
 def test_token_cross_attention_and_sample_prediction_under_bf16_autocast(real_width_model_dir, tiny_task, tmp_path):
     """The head options at Qwen2-VL-2B's width: the VLM hands the head bf16 states under autocast; the head's
     trainable weights stay float32, gradients reach them finite, and sampling returns float32 actions."""
-    model = _load(real_width_model_dir, tmp_path, cross_attention=True, prediction_type="sample")
+    model = _load(
+        real_width_model_dir, tmp_path, cross_attention=True, prediction_type="sample",
+        condition_tokens_from="input_embeddings", condition_token_norm=True,
+    )
     from tests.test_policy_heads_models import randomize_zero_init
 
     head = model.policy_head
     assert head.config.cond_dim == 1536 and head.config.prediction_type == "sample"
     _assert_master_weights_fp32(head, frozen_dtype=torch.bfloat16)
+    # The token statistics of a head built beside a bf16 checkpoint: float32, or a 1e-3 variation rounds away.
+    standardize = head.token_embedder.standardize
+    assert standardize.running_mean.dtype == standardize.running_var.dtype == torch.float32
     randomize_zero_init(head)  # off the adaLN-Zero start, so the gradient reaches the token branch
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 40, 1536, generator=generator).to(torch.bfloat16)  # what the autocast VLM returns
@@ -165,6 +171,7 @@ def test_token_cross_attention_and_sample_prediction_under_bf16_autocast(real_wi
     loss.backward()
     grad = head.token_embedder.proj.weight.grad
     assert torch.isfinite(loss) and grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert torch.isfinite(standardize.running_var).all() and int(standardize.batches_tracked[0]) >= 1
     head.eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         actions = head(**inputs, generator=generator).actions
