@@ -35,6 +35,7 @@ from data_utils.dataset import training_crop_ratio
 from data_utils.normalization import QUANTILE_FIELDS, STATS_FILE_NAME, EmbodimentStats, NormStats, load_embodiment_stats
 from data_utils.utils import load_data, load_embodiment_data
 from policy_heads import build_policy_head_config
+from policy_heads.configuration_common import OPTIONAL_FIELDS
 from qwen2_vla.arguments import (
     SCALE_DP_POLICY,
     ActionHeadArguments,
@@ -91,7 +92,7 @@ def _check_checkpoint_head(config: VLAConfigMixin, data_args: DataArguments, hea
         "condition_norm": (bool(getattr(head, "condition_norm", False)), head_args.condition_norm),
         "cross_attention": (bool(getattr(head, "cross_attention", False)), head_args.cross_attention),
         "condition_tokens_from": (
-            getattr(head, "condition_tokens_from", "last_hidden_state"), head_args.condition_tokens_from
+            getattr(head, "condition_tokens_from", OPTIONAL_FIELDS["condition_tokens_from"]), head_args.condition_tokens_from
         ),
         "condition_token_norm": (bool(getattr(head, "condition_token_norm", False)), head_args.condition_token_norm),
         "prediction_type": (getattr(head, "prediction_type", "epsilon"), head_args.prediction_type),

@@ -1,5 +1,7 @@
 """Global condition of the diffusion experts: the VLM's (fused) hidden states mixed with the robot state."""
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -96,8 +98,11 @@ class ConditionTokenNorm(nn.Module):
     state by a fraction of a percent, too little for the head to pick up, yet a linear read-out of the
     standardised states finds it. In training a place is standardised with the batch's statistics when at least
     two samples attend to it (as batch norm: they move with the VLM as it trains, where running averages would lag
-    behind it), else with the running ones; at inference always with the running ones, so a sample's tokens do not
-    depend on its batch. Running statistics are cumulative over a place's first batches, then with `momentum`.
+    behind it), else with the running ones as they were before this batch; at inference always with the running
+    ones, so a sample's tokens do not depend on its batch. The running statistics learn only from batches where two
+    or more samples reach a place (one sample has no variance; a place no batch reached so stays at mean 0,
+    variance 1), cumulatively over the place's first such batches, then with `momentum`; the variance is unbiased,
+    as batch norm's.
     """
 
     def __init__(self, max_tokens: int, dim: int, momentum: float = 0.01, eps: float = 1e-6) -> None:
@@ -106,12 +111,14 @@ class ConditionTokenNorm(nn.Module):
         self.eps = eps
         self.register_buffer("running_mean", torch.zeros(max_tokens, dim, dtype=torch.float32))
         self.register_buffer("running_var", torch.ones(max_tokens, dim, dtype=torch.float32))
-        self.register_buffer("batches_tracked", torch.zeros(max_tokens, dtype=torch.long))
+        # float32 like the statistics, so `_keep_in_fp32_modules_strict` (which sets one dtype for the module) keeps
+        # it as it is; exact up to 2^24 batches.
+        self.register_buffer("batches_tracked", torch.zeros(max_tokens, dtype=torch.float32))
 
-    def _apply(self, fn, recurse: bool = True) -> "ConditionTokenNorm":
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "ConditionTokenNorm":
         # The statistics stay float32 when the model is cast (a bf16 deployment): in bf16 a mean of ~1 is
         # stored to ~4e-3, coarser than the variation it is there to bring out. Devices still move.
-        kept = {name: getattr(self, name) for name in ("running_mean", "running_var")}
+        kept = {name: getattr(self, name) for name in ("running_mean", "running_var", "batches_tracked")}
         super()._apply(fn, recurse)
         for name, before in kept.items():
             after = getattr(self, name)
@@ -123,25 +130,27 @@ class ConditionTokenNorm(nn.Module):
         self, tokens: torch.Tensor, token_mask: torch.Tensor, places: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per place: attended-token count `(P,)`, mean and (biased) variance `(P, C)` over the batch."""
-        values = tokens.float().flatten(0, 1)
-        weights = token_mask.float().flatten()
+        keep = token_mask.flatten().unsqueeze(-1)
+        # Padding is filled, not multiplied by 0, so a non-finite padded state cannot reach the statistics.
+        values = tokens.float().flatten(0, 1).masked_fill(~keep, 0.0)
         places = places.flatten()
-        count = torch.zeros(self.running_mean.shape[0], device=values.device).index_add(0, places, weights)
-        weighted = values * weights.unsqueeze(-1)
+        count = torch.zeros(self.running_mean.shape[0], device=values.device).index_add(0, places, keep.squeeze(-1).float())
         zeros = torch.zeros(self.running_mean.shape, device=values.device)
         denominator = count.clamp_min(1.0).unsqueeze(-1)
-        mean = zeros.index_add(0, places, weighted) / denominator
+        mean = zeros.index_add(0, places, values) / denominator
         # Two passes: E[x^2] - E[x]^2 cancels catastrophically when the shared part dwarfs the variation.
-        deviations = (values - mean[places]) * weights.unsqueeze(-1)
+        deviations = (values - mean[places]).masked_fill(~keep, 0.0)
         return count, mean, zeros.index_add(0, places, deviations.square()) / denominator
 
     @torch.no_grad()
     def _update(self, count: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:
-        seen = count > 0
-        rate = (1.0 / (self.batches_tracked[seen] + 1).float()).clamp_min(self.momentum).unsqueeze(-1)
-        self.running_mean[seen] += rate * (mean[seen] - self.running_mean[seen])
-        self.running_var[seen] += rate * (var[seen] - self.running_var[seen])
-        self.batches_tracked[seen] += 1
+        # Masked with torch.where, not boolean indexing, so the update never waits for the device.
+        seen = (count >= 2).unsqueeze(-1)
+        rate = (1.0 / (self.batches_tracked + 1.0)).clamp_min(self.momentum).unsqueeze(-1)
+        unbiased = var * (count / (count - 1).clamp_min(1.0)).unsqueeze(-1)
+        for statistic, value in ((self.running_mean, mean), (self.running_var, unbiased)):
+            statistic.copy_(torch.where(seen, statistic + rate * (value - statistic), statistic))
+        self.batches_tracked.add_(seen.squeeze(-1).float())
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
         """`tokens` `(B, L, C)`, `token_mask` `(B, L)` bool, `places` `(B, L)` each token's index among the
@@ -149,10 +158,10 @@ class ConditionTokenNorm(nn.Module):
         mean, var = self.running_mean, self.running_var
         if self.training:
             count, batch_mean, batch_var = self._batch_statistics(tokens, token_mask, places)
-            self._update(count, batch_mean.detach(), batch_var.detach())
             from_batch = (count >= 2).unsqueeze(-1)
-            mean = torch.where(from_batch, batch_mean, mean)
-            var = torch.where(from_batch, batch_var, var)
+            mean = torch.where(from_batch, batch_mean, mean.clone())  # the running values before this batch
+            var = torch.where(from_batch, batch_var, var.clone())
+            self._update(count, batch_mean.detach(), batch_var.detach())
         return (tokens.float() - mean[places]) * torch.rsqrt(var[places] + self.eps)
 
 

@@ -45,4 +45,4 @@ def check_state_dropout(state_dropout: float, state_dim: int) -> None:
         raise ValueError(f"state_dropout={state_dropout} with state_dim=0: there is no state to drop")
 
 
-__all__ = ["OPTIONAL_FIELDS", "PREDICTION_TYPES", "check_prediction_type", "check_state_dropout", "drop_unset_optional_fields"]
+__all__ = ["CONDITION_TOKEN_SOURCES", "OPTIONAL_FIELDS", "PREDICTION_TYPES", "check_prediction_type", "check_state_dropout", "drop_unset_optional_fields"]

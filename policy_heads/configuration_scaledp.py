@@ -174,6 +174,11 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
                 "cross-attention reads token states; set cross_attention=True or leave condition_tokens_from at its "
                 "default"
             )
+        if self.condition_token_norm and self.noise_samples > 1:
+            raise ValueError(
+                f"condition_token_norm=True with noise_samples={self.noise_samples}: the noise draws repeat each sample's "
+                "tokens, and the batch statistics would count the copies as samples; use noise_samples=1"
+            )
         if self.condition_token_norm and not self.cross_attention:
             raise ValueError(
                 "condition_token_norm=True with cross_attention=False: it standardises the tokens the "

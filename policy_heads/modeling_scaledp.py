@@ -214,6 +214,9 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
     main_input_name = "hidden_states"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ScaleDPBlock"]
+    # The condition tokens' statistics stay float32 in a bf16/fp16 model (also under ZeRO-3's init, which casts at
+    # construction): see ConditionTokenNorm.
+    _keep_in_fp32_modules_strict = ["token_embedder.standardize"]
 
     def __init__(self, config: ScaleDPPolicyConfig) -> None:
         super().__init__(config)
@@ -295,8 +298,9 @@ class ScaleDP(DiffusionPolicyMixin, PreTrainedModel):
             global_cond: `(B, N, cond_dim)` or `(B, cond_dim)` condition.
             states: `(B, state_dim)` robot state.
             state_mask: `(B, state_dim)` real state dimensions (read with `config.state_mask_input` only).
-            condition_tokens: `(B, L, cond_dim)` the VLM's last hidden states, attended to by every block
-                (`config.cross_attention`); condition_token_mask: `(B, L)` True on the tokens to attend to.
+            condition_tokens: `(B, L, cond_dim)` the VLM's token states (`config.condition_tokens_from`: its last
+                hidden states or its language model's input), attended to by every block (`config.cross_attention`);
+                condition_token_mask: `(B, L)` True on the tokens to attend to.
 
         Returns:
             `(B, T, action_dim)` predicted noise in the model dtype.

@@ -34,7 +34,12 @@ from transformers.utils import is_torch_tf32_available
 from data_utils.image_utils import parse_image_size
 from data_utils.normalization import ACTION_NORMALIZATIONS, STATE_NORMALIZATIONS, STATS_SOURCES
 from policy_heads import POLICY_HEAD_CONFIGS, SCALEDP_PRESETS
-from policy_heads.configuration_common import CONDITION_TOKEN_SOURCES, check_prediction_type, check_state_dropout
+from policy_heads.configuration_common import (
+    CONDITION_TOKEN_SOURCES,
+    OPTIONAL_FIELDS,
+    check_prediction_type,
+    check_state_dropout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +228,7 @@ class ActionHeadArguments:
     )
 
     condition_tokens_from: str = field(
-        default="last_hidden_state",
+        default=OPTIONAL_FIELDS["condition_tokens_from"],
         metadata={
             "help": "With --cross_attention: the token states the head reads, 'last_hidden_state' (the language "
             "model's last layer) or 'input_embeddings' (its input: the image tokens are the vision tower's merged "
@@ -270,7 +275,7 @@ class ActionHeadArguments:
                 "condition_token_norm=True needs cross_attention=True (got cross_attention=False): it standardises "
                 "the tokens the cross-attention reads"
             )
-        if self.condition_tokens_from != "last_hidden_state" and not self.cross_attention:
+        if self.condition_tokens_from != OPTIONAL_FIELDS["condition_tokens_from"] and not self.cross_attention:
             raise ValueError(
                 f"condition_tokens_from={self.condition_tokens_from!r} needs cross_attention=True (got "
                 f"cross_attention={self.cross_attention}): only the cross-attention reads token states"

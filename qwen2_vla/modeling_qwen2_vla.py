@@ -119,11 +119,10 @@ class VLAMixin:
         the token states ``(B, L, H)`` its ``condition_tokens_from`` names (``hidden_states``, the last layer, or
         ``input_embeddings``, the language model's inputs as ``_capture_input_embeddings`` kept them) and the
         attended-token mask ``(B, L)`` (prompt and answer, padding left out; None: all attended)."""
-        head = self.config.policy_head_config
-        if not getattr(head, "cross_attention", False):
+        if not getattr(self.config.policy_head_config, "cross_attention", False):
             return {}
         tokens = hidden_states
-        if getattr(head, "condition_tokens_from", "last_hidden_state") == "input_embeddings":
+        if self._reads_input_embeddings():
             # The latest forwards that together cover the sequence: generate()'s prefill and steps, or the one
             # forward after it (``two_pass``), or the training forward.
             covering, length = [], 0
@@ -134,30 +133,39 @@ class VLAMixin:
                 length += chunk.shape[1]
             if length != hidden_states.shape[1]:
                 raise RuntimeError(
-                    f"the language model's captured inputs cover {length} tokens but its last layer "
-                    f"{hidden_states.shape[1]}: a forward ran outside _capture_input_embeddings"
+                    f"condition_tokens_from='input_embeddings': the language model's captured inputs cover {length} "
+                    f"tokens but its last layer {hidden_states.shape[1]}; was the language model called outside "
+                    "the training forward and predict_action?"
                 )
-            tokens = torch.cat(covering, dim=1)
+            tokens = torch.cat(covering, dim=1).to(hidden_states.device)
         if token_mask is None:
             token_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return {"condition_tokens": tokens, "condition_token_mask": token_mask.bool()}
+
+    def _reads_input_embeddings(self) -> bool:
+        head = self.config.policy_head_config
+        return getattr(head, "cross_attention", False) and getattr(head, "condition_tokens_from", None) == (
+            "input_embeddings"
+        )
 
     @contextmanager
     def _capture_input_embeddings(self) -> Iterator[list[torch.Tensor]]:
         """Keeps the language model's ``inputs_embeds`` ``(B, l, H)`` of every forward inside the block, in call
         order (a prefill, then one per generated token), when the head reads them (``condition_tokens_from``);
-        image tokens there are the vision tower's merged patches. A forward pre-hook, so the stock forward runs
+        image tokens there are the vision tower's merged patches (Qwen3-VL adds its deepstack features to the
+        image tokens inside the language model, after this point). A forward pre-hook, so the stock forward runs
         as it is."""
         captured: list[torch.Tensor] = []
-        head = self.config.policy_head_config
-        wanted = getattr(head, "cross_attention", False) and (
-            getattr(head, "condition_tokens_from", "last_hidden_state") == "input_embeddings"
-        )
-        if not wanted:
+        if not self._reads_input_embeddings():
             yield captured
             return
 
         def keep(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            if kwargs.get("inputs_embeds") is None:
+                raise RuntimeError(
+                    "condition_tokens_from='input_embeddings' needs the backbone to call its language model with "
+                    f"inputs_embeds=...; {type(self).__name__} did not"
+                )
             captured.append(kwargs["inputs_embeds"])
 
         hook = self.model.language_model.register_forward_pre_hook(keep, with_kwargs=True)

@@ -269,10 +269,13 @@ def test_head_reads_the_vision_towers_patches_when_told(parts, embeddings_vla): 
     try:
         one_pass = model.predict_action(*args, max_new_tokens=4, noise=noise)
         two_pass = model.predict_action(*args, max_new_tokens=4, noise=noise, two_pass=True)
+        answer = one_pass.sequences[:, inputs_["input_ids"].shape[1]:]  # the generated answer, given back as fixed
+        fixed = model.predict_action(*args, generate_reasoning=False, answer_ids=answer, noise=noise)
     finally:
         hook.remove()
     torch.testing.assert_close(two_pass.actions, one_pass.actions, rtol=1e-4, atol=1e-5)
     expected = _expected_embeddings(model, one_pass.sequences, inputs_["pixel_values"], inputs_["image_grid_thw"])
+    assert len(seen) == 3 and torch.equal(fixed.sequences, one_pass.sequences)
     for tokens in seen:
         torch.testing.assert_close(tokens, expected)
 
@@ -296,27 +299,36 @@ def test_token_norm_standardises_each_place_from_the_attended_tokens_only() -> N
     norm = ConditionTokenNorm(max_tokens=5, dim=3).train()
     tokens = torch.randn(4, 5, 3, generator=gen(0)) * 0.01 + 7.0  # a large shared part, a small varying one
     mask = torch.ones(4, 5, dtype=torch.bool)
-    mask[0, :2] = False  # row 0 left padded: its third token is its first place
+    mask[[0, 2, 3], :2] = False  # left padded: only row 1 reaches places 3 and 4
     places = (mask.long().cumsum(1) - 1).clamp_min(0)
     padded = tokens.clone()
-    padded[0, :2] = 1e6  # padding must not enter the statistics
+    padded[0, 0] = float("inf")  # padding must not enter the statistics, even when it is not finite
+    padded[0, 1] = 1e6
     out = norm(padded, mask, places)
-    # Place 0: row 0's token 2 and the first token of rows 1-3.
-    first = torch.stack([tokens[0, 2], tokens[1, 0], tokens[2, 0], tokens[3, 0]])
+    # Place 0: the first attended token of each row.
+    first = torch.stack([tokens[0, 2], tokens[1, 0], tokens[2, 2], tokens[3, 2]])
     torch.testing.assert_close(norm.running_mean[0], first.mean(0))
-    torch.testing.assert_close(norm.running_var[0], first.var(0, unbiased=False))
-    assert norm.batches_tracked.tolist() == [1, 1, 1, 1, 1]
-    # In training each place is standardised with the batch's own statistics (no lag behind a VLM that trains).
-    at_first_place = torch.stack([out[0, 2], out[1, 0], out[2, 0], out[3, 0]])
-    torch.testing.assert_close(at_first_place.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
-    torch.testing.assert_close(at_first_place.std(0, unbiased=False), torch.ones(3), atol=1e-2, rtol=0)
-    attended = out[mask]
-    assert attended.abs().max() < 5 and attended.std() > 0.5  # the 1e-2 variation is now of order one
+    torch.testing.assert_close(norm.running_var[0], first.var(0, unbiased=True))  # unbiased, as batch norm
+    # In training a place is standardised with the batch's own statistics (no lag behind a VLM that trains)...
+    torch.testing.assert_close(out[[0, 1, 2, 3], [2, 0, 2, 2]].mean(0), torch.zeros(3), atol=1e-4, rtol=0)
+    batch_var = first.var(0, unbiased=False)
+    torch.testing.assert_close(
+        out[[0, 1, 2, 3], [2, 0, 2, 2]].std(0, unbiased=False), (batch_var / (batch_var + norm.eps)).sqrt()
+    )
+    from_batch = mask & (places < 3)
+    assert torch.isfinite(out[mask]).all() and out[from_batch].abs().max() < 5  # the 1e-2 variation is of order one
+    # ...but one sample has no variance: places 3 and 4 keep their running statistics (untouched: mean 0, var 1).
+    assert norm.batches_tracked.tolist() == [1, 1, 1, 0, 0]
+    assert torch.equal(norm.running_var[3:], torch.ones(2, 3)) and torch.equal(norm.running_mean[3:], torch.zeros(2, 3))
+    torch.testing.assert_close(out[1, 3:], tokens[1, 3:] / (1 + norm.eps) ** 0.5)
+    # A batch of one updates nothing.
+    norm(tokens[1:2], mask[1:2], places[1:2])
+    assert norm.batches_tracked.tolist() == [1, 1, 1, 0, 0]
     # At inference the statistics stay, so a sample's tokens do not depend on its batch.
     norm.eval()
     alone = norm(padded[1:2], mask[1:2], places[1:2])
     torch.testing.assert_close(alone[0], norm(padded, mask, places)[1])
-    assert norm.batches_tracked.tolist() == [1, 1, 1, 1, 1]
+    assert norm.batches_tracked.tolist() == [1, 1, 1, 0, 0]
 
 
 def test_token_norm_lets_a_small_change_of_one_token_reach_the_head(tmp_path: Path) -> None:
@@ -345,6 +357,8 @@ def test_token_norm_lets_a_small_change_of_one_token_reach_the_head(tmp_path: Pa
     torch.testing.assert_close(_predict(loaded, moved), _predict(normed, moved), rtol=0, atol=0)
     with pytest.raises(ValueError, match="condition_token_norm=True with cross_attention=False"):
         build("scaledp", condition_token_norm=True)
+    with pytest.raises(ValueError, match="condition_token_norm=True with noise_samples=2"):
+        build("scaledp", cross_attention=True, max_condition_tokens=8, condition_token_norm=True, noise_samples=2)
 
 
 def test_token_statistics_stay_float32_in_a_bf16_model(tmp_path: Path) -> None:
