@@ -159,8 +159,9 @@ class ConditionTokenNorm(nn.Module):
         if self.training:
             count, batch_mean, batch_var = self._batch_statistics(tokens, token_mask, places)
             from_batch = (count >= 2).unsqueeze(-1)
-            mean = torch.where(from_batch, batch_mean, mean.clone())  # the running values before this batch
-            var = torch.where(from_batch, batch_var, var.clone())
+            # where() copies now, so these are the running values from before this batch's update below.
+            mean = torch.where(from_batch, batch_mean, mean)
+            var = torch.where(from_batch, batch_var, var)
             self._update(count, batch_mean.detach(), batch_var.detach())
         return (tokens.float() - mean[places]) * torch.rsqrt(var[places] + self.eps)
 

@@ -37,6 +37,25 @@ def check_prediction_type(prediction_type: str) -> None:
 CONDITION_TOKEN_SOURCES = ("last_hidden_state", "input_embeddings")
 
 
+def check_condition_tokens(cross_attention: bool, condition_tokens_from: str, condition_token_norm: bool) -> None:
+    """Reject an unknown ``condition_tokens_from``, or either token option without the cross-attention that reads
+    the tokens (the head config and ``ActionHeadArguments`` share this check)."""
+    if condition_tokens_from not in CONDITION_TOKEN_SOURCES:
+        raise ValueError(f"condition_tokens_from={condition_tokens_from!r} is not one of {CONDITION_TOKEN_SOURCES}")
+    if cross_attention:
+        return
+    if condition_tokens_from != OPTIONAL_FIELDS["condition_tokens_from"]:
+        raise ValueError(
+            f"condition_tokens_from={condition_tokens_from!r} with cross_attention=False: only the cross-attention "
+            "reads token states; it needs cross_attention=True, or leave condition_tokens_from at its default"
+        )
+    if condition_token_norm:
+        raise ValueError(
+            "condition_token_norm=True with cross_attention=False: it standardises the tokens the cross-attention "
+            "reads; it needs cross_attention=True"
+        )
+
+
 def check_state_dropout(state_dropout: float, state_dim: int) -> None:
     """Reject a rate outside [0, 1], or a rate for a head that has no state (``state_dim`` 0)."""
     if not 0.0 <= state_dropout <= 1.0:
@@ -45,4 +64,12 @@ def check_state_dropout(state_dropout: float, state_dim: int) -> None:
         raise ValueError(f"state_dropout={state_dropout} with state_dim=0: there is no state to drop")
 
 
-__all__ = ["CONDITION_TOKEN_SOURCES", "OPTIONAL_FIELDS", "PREDICTION_TYPES", "check_prediction_type", "check_state_dropout", "drop_unset_optional_fields"]
+__all__ = [
+    "CONDITION_TOKEN_SOURCES",
+    "OPTIONAL_FIELDS",
+    "PREDICTION_TYPES",
+    "check_condition_tokens",
+    "check_prediction_type",
+    "check_state_dropout",
+    "drop_unset_optional_fields",
+]

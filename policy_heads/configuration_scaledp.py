@@ -7,8 +7,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_common import (
-    CONDITION_TOKEN_SOURCES,
     OPTIONAL_FIELDS,
+    check_condition_tokens,
     check_prediction_type,
     check_state_dropout,
     drop_unset_optional_fields,
@@ -73,7 +73,7 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
             the image tokens are the vision tower's merged patches before any language layer has mixed them with
             the text. `cross_attention` only.
         condition_token_norm (`bool`, defaults to False): standardise the condition tokens per place and feature
-            with running statistics before the cross-attention reads them. A small object moves its patch's state
+            (batch statistics in training, running ones at inference) before the cross-attention reads them. A small object moves its patch's state
             by a fraction of a percent of what all states share; standardised, the change is of order one.
             `cross_attention` only.
     """
@@ -164,25 +164,11 @@ class ScaleDPPolicyConfig(PreTrainedConfig):
                 f"max_condition_tokens={self.max_condition_tokens} with cross_attention=False: the positions belong to "
                 "the cross-attention; set cross_attention=True or leave max_condition_tokens at its default"
             )
-        if self.condition_tokens_from not in CONDITION_TOKEN_SOURCES:
-            raise ValueError(
-                f"condition_tokens_from={self.condition_tokens_from!r} is not one of {CONDITION_TOKEN_SOURCES}"
-            )
-        if not self.cross_attention and self.condition_tokens_from != OPTIONAL_FIELDS["condition_tokens_from"]:
-            raise ValueError(
-                f"condition_tokens_from={self.condition_tokens_from!r} with cross_attention=False: only the "
-                "cross-attention reads token states; set cross_attention=True or leave condition_tokens_from at its "
-                "default"
-            )
+        check_condition_tokens(self.cross_attention, self.condition_tokens_from, self.condition_token_norm)
         if self.condition_token_norm and self.noise_samples > 1:
             raise ValueError(
                 f"condition_token_norm=True with noise_samples={self.noise_samples}: the noise draws repeat each sample's "
                 "tokens, and the batch statistics would count the copies as samples; use noise_samples=1"
-            )
-        if self.condition_token_norm and not self.cross_attention:
-            raise ValueError(
-                "condition_token_norm=True with cross_attention=False: it standardises the tokens the "
-                "cross-attention reads; set cross_attention=True"
             )
         if self.num_inference_timesteps > self.num_train_timesteps:
             raise ValueError(

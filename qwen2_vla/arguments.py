@@ -35,8 +35,8 @@ from data_utils.image_utils import parse_image_size
 from data_utils.normalization import ACTION_NORMALIZATIONS, STATE_NORMALIZATIONS, STATS_SOURCES
 from policy_heads import POLICY_HEAD_CONFIGS, SCALEDP_PRESETS
 from policy_heads.configuration_common import (
-    CONDITION_TOKEN_SOURCES,
     OPTIONAL_FIELDS,
+    check_condition_tokens,
     check_prediction_type,
     check_state_dropout,
 )
@@ -239,8 +239,8 @@ class ActionHeadArguments:
     condition_token_norm: bool = field(
         default=False,
         metadata={
-            "help": "With --cross_attention: standardise the condition tokens per place and feature (running "
-            "statistics) before the head reads them, so a small object's change to its patch is not lost under "
+            "help": "With --cross_attention: standardise the condition tokens per place and feature (batch "
+            "statistics in training, running ones at inference) before the head reads them, so a small object's change to its patch is not lost under "
             "what all tokens share."
         },
     )
@@ -266,20 +266,7 @@ class ActionHeadArguments:
         for option in ("condition_norm", "cross_attention"):
             if getattr(self, option) and self.policy_head_type != SCALE_DP_POLICY:
                 raise ValueError(f"{option}=True is a ScaleDP option but policy_head_type={self.policy_head_type!r}")
-        if self.condition_tokens_from not in CONDITION_TOKEN_SOURCES:
-            raise ValueError(
-                f"condition_tokens_from={self.condition_tokens_from!r} is not one of {CONDITION_TOKEN_SOURCES}"
-            )
-        if self.condition_token_norm and not self.cross_attention:
-            raise ValueError(
-                "condition_token_norm=True needs cross_attention=True (got cross_attention=False): it standardises "
-                "the tokens the cross-attention reads"
-            )
-        if self.condition_tokens_from != OPTIONAL_FIELDS["condition_tokens_from"] and not self.cross_attention:
-            raise ValueError(
-                f"condition_tokens_from={self.condition_tokens_from!r} needs cross_attention=True (got "
-                f"cross_attention={self.cross_attention}): only the cross-attention reads token states"
-            )
+        check_condition_tokens(self.cross_attention, self.condition_tokens_from, self.condition_token_norm)
 
 
 @dataclass
